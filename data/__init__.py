@@ -1,0 +1,66 @@
+"""Data: sources become uint8 tensors in memory, served by a seeded whole-batch loader."""
+from dataclasses import dataclass
+
+import torch
+
+from data.loader import BatchLoader
+from data.sources import SOURCES, DatasetNotFoundError
+
+__all__ = ["BatchLoader", "DatasetNotFoundError", "ImageData", "build", "subset"]
+
+SUBSET_SEED = 0  # subsets are the first N of this one fixed permutation, whatever the run's seed
+
+
+@dataclass
+class ImageData:
+    train: BatchLoader
+    val: BatchLoader
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def subset(images: torch.Tensor, labels: torch.Tensor, n: int | None):
+    """The first ``n`` examples of a fixed permutation (all of them when ``n`` is None)."""
+    if n is None:
+        return images, labels
+    if not 0 < n <= len(labels):
+        raise ValueError(f"subset size {n} is out of range: must be in [1, {len(labels)}] or null")
+    idx = torch.randperm(len(labels), generator=torch.Generator().manual_seed(SUBSET_SEED))[:n]
+    return images[idx], labels[idx]
+
+
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std in [0, 1] units."""
+    x = images.transpose(0, 1).reshape(images.shape[1], -1).double() / 255
+    return tuple(x.mean(1).tolist()), tuple(x.std(1).tolist())
+
+
+def build(*, source: str, root: str, download: bool = False, batch_size: int = 128,
+          eval_batch_size: int = 1000, train_subset: int | None = None, val_subset: int | None = None,
+          crop_padding: int = 0, flip: bool = False, seed: int = 0, num_classes: int, in_channels: int,
+          image_size: int, **_meta) -> ImageData:
+    """Load both splits into memory and wrap them in loaders.
+
+    ``num_classes``, ``in_channels`` and ``image_size`` are the config's promise (models read them
+    by interpolation before any data is loaded); they are checked against the data here.
+    """
+    if source not in SOURCES:
+        raise ValueError(f"data.source={source!r} is unknown; allowed: {', '.join(SOURCES)}")
+    load = SOURCES[source]
+    train_x, train_y = load(root, train=True, download=download)
+    val_x, val_y = load(root, train=False, download=download)
+    mean, std = channel_stats(train_x)  # the full training split's statistics, subset or not
+    found = (int(train_y.max()) + 1, train_x.shape[1], train_x.shape[-1])
+    if found != (num_classes, in_channels, image_size):
+        raise ValueError(f"data at {root!r} has (classes, channels, size)={found}, but the config says "
+                         f"{(num_classes, in_channels, image_size)}")
+    train_x, train_y = subset(train_x, train_y, train_subset)
+    val_x, val_y = subset(val_x, val_y, val_subset)
+    common = dict(mean=mean, std=std, seed=seed)
+    train = BatchLoader(train_x, train_y, batch_size=batch_size, shuffle=True, drop_last=True,
+                        crop_padding=crop_padding, flip=flip, **common)
+    val = BatchLoader(val_x, val_y, batch_size=eval_batch_size, shuffle=False, drop_last=False, **common)
+    return ImageData(train, val, num_classes, in_channels, image_size, mean, std)

@@ -1,0 +1,36 @@
+"""Shared fixtures: the real Hydra config, composed once per test, forced onto the CPU and tiny sizes."""
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = str(REPO / "configs")
+DATA_ROOT = Path(os.environ.get("DATA_ROOT", REPO.parent / "shared" / "data")).resolve()
+CIFAR_FOLDER = DATA_ROOT / "cifar10-jpeg75"
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+TINY = ["trainer.device=cpu", "trainer.progress_bar=false", "trainer.epochs=1", "data.train_subset=512",
+        "data.val_subset=256", "data.batch_size=64", "trainer.sanity=skip", f"data.root={DATA_ROOT}"]
+
+
+def compose_cfg(*overrides: str, tiny: bool = True):
+    """The config train.py would see for these overrides (tiny defaults first, so overrides win)."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("train", overrides=[*(TINY if tiny else []), *overrides])
+
+
+@pytest.fixture
+def cfg():
+    return compose_cfg
+
+
+def pytest_collection_modifyitems(config, items):
+    if not (DATA_ROOT / "MNIST" / "raw").is_dir():
+        skip = pytest.mark.skip(reason=f"no MNIST under {DATA_ROOT} (set DATA_ROOT)")
+        for item in items:
+            if "needs_data" in item.keywords:
+                item.add_marker(skip)

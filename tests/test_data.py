@@ -1,0 +1,118 @@
+import pytest
+import torch
+
+import data
+from data.loader import BatchLoader
+
+from conftest import CIFAR_FOLDER, DATA_ROOT
+
+
+def make_loader(n=100, c=3, size=8, **kw):
+    images = torch.randint(0, 256, (n, c, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(n))
+    labels = torch.arange(n)
+    args = dict(batch_size=16, mean=(0.5,) * c, std=(0.25,) * c, shuffle=True, drop_last=True, seed=3)
+    return BatchLoader(images, labels, **{**args, **kw})
+
+
+def test_epoch_is_a_pure_function_of_seed_and_epoch():
+    a, b = make_loader(crop_padding=2, flip=True), make_loader(crop_padding=2, flip=True)
+    a.set_epoch(4), b.set_epoch(4)
+    for (xa, ya), (xb, yb) in zip(a, b):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    b.set_epoch(5)
+    assert not torch.equal(next(iter(a))[1], next(iter(b))[1])
+
+
+def test_start_batch_resumes_mid_epoch():
+    loader = make_loader(crop_padding=2, flip=True)
+    loader.set_epoch(1)
+    full = list(loader)
+    loader.set_epoch(1, start_batch=3)
+    rest = list(loader)
+    assert len(rest) == len(full) - 3
+    for (x, y), (xf, yf) in zip(rest, full[3:]):
+        assert torch.equal(x, xf) and torch.equal(y, yf)
+
+
+def test_normalisation_uses_the_given_mean_and_std():
+    loader = make_loader(shuffle=False, drop_last=False)
+    x, y = next(iter(loader))
+    expected = (loader.images[y].float() / 255 - 0.5) / 0.25
+    torch.testing.assert_close(x, expected)
+
+
+def test_crop_and_flip_match_a_per_image_reference():
+    loader = make_loader(n=32, crop_padding=2, flip=True)
+    loader.set_epoch(0)
+    order, dy, dx, flip = loader._epoch_plan()
+    x, y = next(iter(loader))
+    raw = loader.images[y]
+    padded = torch.nn.functional.pad(raw, (2, 2, 2, 2))
+    for i in range(len(y)):
+        crop = padded[i, :, dy[i]:dy[i] + 8, dx[i]:dx[i] + 8]
+        if flip[i]:
+            crop = crop.flip(-1)
+        torch.testing.assert_close(x[i], (crop.float() / 255 - 0.5) / 0.25)
+    assert flip[:16].any() and (~flip[:16]).any() and (dy[:16] != 2).any()
+
+
+def test_shards_are_disjoint_slices_of_the_global_batch():
+    single = make_loader(batch_size=16)
+    ranks = [make_loader(batch_size=8).shard(r, 2) for r in range(2)]
+    for ld in (single, *ranks):
+        ld.set_epoch(2)
+    assert len(ranks[0]) == len(single)
+    for (_, y), (_, y0), (_, y1) in zip(single, *ranks):
+        assert torch.equal(torch.cat([y0, y1]), y)
+
+
+def test_eval_shards_cover_every_example_once():
+    ranks = [make_loader(n=37, batch_size=10, shuffle=False, drop_last=False).shard(r, 2) for r in range(2)]
+    seen = torch.cat([y for ld in ranks for _, y in ld])
+    assert sorted(seen.tolist()) == list(range(37))
+
+
+def test_subset_is_a_fixed_prefix_of_one_permutation():
+    x = torch.arange(50).view(50, 1, 1, 1).to(torch.uint8)
+    y = torch.arange(50)
+    _, small = data.subset(x, y, 10)
+    _, large = data.subset(x, y, 20)
+    assert torch.equal(large[:10], small) and len(set(small.tolist())) == 10
+    with pytest.raises(ValueError, match="subset size 51"):
+        data.subset(x, y, 51)
+
+
+@pytest.mark.needs_data
+def test_mnist_loads_with_its_own_statistics():
+    d = data.build(source="mnist", root=str(DATA_ROOT), num_classes=10, in_channels=1, image_size=28, val_subset=500)
+    assert d.train.num_examples == 60_000 and d.val.num_examples == 500
+    assert abs(d.mean[0] - 0.1307) < 1e-3 and abs(d.std[0] - 0.3081) < 1e-3
+    x, y = next(iter(d.val))
+    assert x.shape == (1000 if len(y) == 1000 else len(y), 1, 28, 28) and 0 <= y.min() and y.max() <= 9
+
+
+def test_missing_dataset_names_where_it_looked(tmp_path):
+    with pytest.raises(data.DatasetNotFoundError, match=str(tmp_path)):
+        data.build(source="mnist", root=str(tmp_path), num_classes=10, in_channels=1, image_size=28)
+    with pytest.raises(data.DatasetNotFoundError, match="train/ and test/"):
+        data.build(source="image_folder", root=str(tmp_path), num_classes=10, in_channels=3, image_size=32)
+
+
+def test_image_folder_reads_classes_in_sorted_order(tmp_path):
+    from torchvision.io import write_png
+    for split in ("train", "test"):
+        for label, name in enumerate(["cat", "dog"]):
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(3):
+                write_png(torch.full((3, 4, 4), 40 * label + i, dtype=torch.uint8), str(tmp_path / split / name / f"{i}.png"))
+    d = data.build(source="image_folder", root=str(tmp_path), num_classes=2, in_channels=3, image_size=4, batch_size=2)
+    assert d.val.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert d.val.images[4, 0, 0, 0] == 41
+
+
+@pytest.mark.slow
+@pytest.mark.needs_data
+def test_cifar_folder_loads_all_60k_images():
+    d = data.build(source="image_folder", root=str(CIFAR_FOLDER), num_classes=10, in_channels=3, image_size=32)
+    assert (d.train.num_examples, d.val.num_examples) == (50_000, 10_000)
+    assert torch.bincount(d.train.labels).tolist() == [5000] * 10

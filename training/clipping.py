@@ -1,0 +1,77 @@
+"""Gradient clipping: global-norm, element-value and unit-wise adaptive (AGC).
+
+Every mode returns the pre-clip global L2 norm ‖g‖ = sqrt(Σ_p ‖g_p‖²) and whether clipping changed anything, both as
+0-dim tensors, so the loop syncs with the device only when it logs them.
+"""
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch.nn.utils import clip_grad_norm_, clip_grad_value_, get_total_norm
+
+MODES = ("none", "norm", "value", "agc")
+
+
+@dataclass(frozen=True)
+class ClipResult:
+    total_norm: torch.Tensor  # 0-dim: global L2 norm of all gradients before clipping
+    clipped: torch.Tensor  # 0-dim bool: whether clipping changed any gradient
+
+
+@torch.no_grad()
+def clip_gradients(parameters: torch.Tensor | Iterable[torch.Tensor], mode: str, max_value: float, *,
+                   agc_eps: float = 1e-3) -> ClipResult:
+    """Clip the ``.grad`` of ``parameters`` in place; parameters without a gradient are skipped.
+
+    - ``none``:  only measure ‖g‖.
+    - ``norm``:  g ← g · min(1, c / (‖g‖ + 1e-6)), c = ``max_value`` (torch's ``clip_grad_norm_``).
+    - ``value``: g ← clamp(g, -c, c) element-wise (torch's ``clip_grad_value_``).
+    - ``agc``:   adaptive gradient clipping (Brock et al. 2021, NFNets), λ = ``max_value``. Per unit i of each
+      parameter W (row / output filter: all dims but the first; the whole tensor when ndim <= 1), with
+      w_i = max(‖W_i‖, ε) and ε = ``agc_eps``:  G_i ← G_i · λ w_i / ‖G_i‖  if  ‖G_i‖ / w_i > λ.
+      The paper leaves the final classifier layer unclipped: pass the parameters to clip accordingly.
+    """
+    _check(mode, max_value, agc_eps)
+    params = [parameters] if isinstance(parameters, torch.Tensor) else list(parameters)
+    params = [p for p in params if p.grad is not None]
+    if not params:
+        return ClipResult(torch.tensor(0.0), torch.tensor(False))
+    if mode == "norm":
+        total_norm = clip_grad_norm_(params, max_value)
+        return ClipResult(total_norm, max_value / (total_norm + 1e-6) < 1)
+    grads = [p.grad for p in params]
+    total_norm = get_total_norm(grads)
+    if mode == "none":
+        return ClipResult(total_norm, torch.zeros((), dtype=torch.bool, device=total_norm.device))
+    if mode == "value":
+        clipped = get_total_norm(grads, norm_type=float("inf")) > max_value
+        clip_grad_value_(params, max_value)
+        return ClipResult(total_norm, clipped)
+    return ClipResult(total_norm, _agc_(params, max_value, agc_eps, total_norm.device))
+
+
+def _unitwise_norm(x: torch.Tensor) -> torch.Tensor:
+    """L2 norm of each unit (over all dims but the first), shaped to broadcast against x; whole tensor if ndim <= 1."""
+    if x.ndim <= 1:
+        return torch.linalg.vector_norm(x)
+    return torch.linalg.vector_norm(x, dim=tuple(range(1, x.ndim)), keepdim=True)
+
+
+def _agc_(params: list[torch.Tensor], clip_factor: float, eps: float, device: torch.device) -> torch.Tensor:
+    """Scale each unit's gradient by min(1, λ w_i / ‖G_i‖) in place; return whether any unit was scaled (0-dim)."""
+    clipped = []
+    for p in params:
+        max_norm = _unitwise_norm(p).clamp_(min=eps).mul_(clip_factor)  # λ w_i
+        scale = (max_norm / _unitwise_norm(p.grad)).clamp_(max=1.0)  # ‖G_i‖ = 0 gives inf, clamped to 1
+        clipped.append((scale < 1).any().to(device))
+        p.grad.mul_(scale)
+    return torch.stack(clipped).any()
+
+
+def _check(mode: str, max_value: float, agc_eps: float) -> None:
+    if mode not in MODES:
+        raise ValueError(f"clip mode={mode!r} is invalid: expected one of {MODES}")
+    if mode != "none" and not max_value > 0:
+        raise ValueError(f"clip max_value={max_value!r} is invalid for mode={mode!r}: expected a value > 0")
+    if mode == "agc" and not agc_eps > 0:
+        raise ValueError(f"agc_eps={agc_eps!r} is invalid: expected a value > 0")

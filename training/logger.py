@@ -1,0 +1,78 @@
+"""What a run writes: TensorBoard events, ``metrics.jsonl`` (one line per epoch) and ``summary.json``.
+
+Everything goes through one RunLogger, created on every rank but writing only on rank 0.
+Hyperparameters go into the same event file as the scalars (TensorBoard's HPARAMS tab), so a run
+directory holds exactly one event file per (re)start.
+"""
+import json
+from pathlib import Path
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+from utils.io import atomic_write, save_json
+
+
+class RunLogger:
+    def __init__(self, run_dir: str | Path, *, enabled: bool = True, tensorboard: bool = True,
+                 log_every_n_steps: int = 10, histograms: bool = True, flush_secs: int = 30):
+        if log_every_n_steps < 1:
+            raise ValueError(f"logger.log_every_n_steps={log_every_n_steps}: must be >= 1")
+        self.run_dir = Path(run_dir)
+        self.enabled, self.log_every_n_steps, self.histograms = enabled, log_every_n_steps, histograms
+        self.tensorboard, self.flush_secs = tensorboard, flush_secs
+        self.writer: SummaryWriter | None = None
+
+    def open(self, purge_step: int | None = None) -> None:
+        """Start writing; ``purge_step`` (on resume) hides events logged after the checkpoint."""
+        if self.enabled and self.tensorboard:
+            self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge_step, flush_secs=self.flush_secs)
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        if self.writer:
+            self.writer.add_scalar(tag, value, step)
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        for tag, value in values.items():
+            self.scalar(tag, value, step)
+
+    def histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
+        if self.writer and self.histograms:
+            self.writer.add_histogram(tag, values.detach().float().cpu(), step)
+
+    def figure(self, tag: str, figure, step: int) -> None:
+        if self.writer:
+            self.writer.add_figure(tag, figure, step)
+
+    def epoch(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def truncate_epochs(self, keep_through_epoch: int) -> None:
+        """On resume: drop metric lines written after the checkpoint we resume from."""
+        path = self.run_dir / "metrics.jsonl"
+        if not (self.enabled and path.exists()):
+            return
+        lines = [l for l in path.read_text().splitlines() if l and json.loads(l)["epoch"] <= keep_through_epoch]
+        atomic_write(path, lambda f: f.write("".join(l + "\n" for l in lines)), mode="w")
+
+    def summary(self, values: dict) -> None:
+        if self.enabled:
+            save_json(values, self.run_dir / "summary.json")
+
+    def hparams(self, params: dict, metrics: dict) -> None:
+        """Write the run's hyperparameters and final metrics into this run's event file."""
+        if not self.writer:
+            return
+        params = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()}
+        for event in hparams_summary(params, metrics):
+            self.writer.file_writer.add_summary(event)
+        for tag, value in metrics.items():
+            self.writer.add_scalar(tag, value)
+
+    def close(self) -> None:
+        if self.writer:
+            self.writer.close()
+            self.writer = None

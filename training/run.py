@@ -1,0 +1,140 @@
+"""Composition: a composed config in, a trained model's summary out.
+
+``train(cfg)`` is what ``train.py`` calls under Hydra, and what tests call with a config composed by
+``hydra.compose``. Order matters: validate the config, build model and optimizer (their constructors
+check their arguments), and only then load data.
+"""
+import logging
+import sys
+from pathlib import Path
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+import optimizers
+from models import has_conv
+from training import checkpoint, distributed
+from training.precision import Precision
+from training.trainer import Trainer
+from training.validate import validate
+from utils.device import auto_precision, cpu_has_native_bf16, resolve_device
+from utils.seed import seed_everything
+
+log = logging.getLogger(__name__)
+
+
+class SanityError(RuntimeError):
+    """A pre-flight check failed with trainer.sanity=run."""
+
+
+def build_trainer(cfg: DictConfig, run_dir: str | Path) -> Trainer:
+    validate(cfg)
+    t = cfg.trainer
+    env = distributed.init_from_env(resolve_device(t.device).type)
+    device = distributed.device_for(env, resolve_device(t.device))
+    seed_everything(t.seed, t.deterministic)
+    precision = choose_precision(t.precision, device)
+
+    model = instantiate(cfg.model).to(device)
+    memory_format = torch.channels_last if _channels_last(t.channels_last, model) else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    optimizer = optimizers.build(cfg.optimizer, model)
+
+    data = instantiate(cfg.data)
+    for loader in (data.train, data.val):
+        loader.shard(env.rank, env.world_size).to(device, memory_format)
+    full_batch = getattr(optimizer, "requires_closure", False) and t.closure == "full_batch"
+    steps_per_epoch = 1 if full_batch else len(data.train)
+    if steps_per_epoch == 0:
+        raise ValueError(f"data.batch_size={data.train.batch_size} x {env.world_size} process(es) exceeds the "
+                         f"{data.train.num_examples} training examples: lower the batch size or enlarge train_subset")
+    total_steps = min(t.epochs * steps_per_epoch, t.max_steps or sys.maxsize)
+    scheduler = instantiate(cfg.scheduler)(optimizer, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+
+    logger = instantiate(cfg.logger)(run_dir=run_dir, enabled=env.is_main)
+    progress = (sys.stderr.isatty() if t.progress_bar == "auto" else t.progress_bar) and env.is_main
+    log.info("device %s, precision %s, %s, %d process(es); global batch %d, base lr %g, %d steps",
+             device, precision, "channels_last" if memory_format == torch.channels_last else "NCHW",
+             env.world_size, data.train.global_batch_size, optimizer.param_groups[0]["lr"], total_steps)
+    return Trainer(
+        model, optimizer, scheduler, data, run_dir=run_dir, logger=logger,
+        precision=Precision(precision, device, t.loss_scale), device=device, epochs=t.epochs,
+        max_steps=t.max_steps, clip_mode=t.clip.mode, clip_max=t.clip.max, label_smoothing=t.label_smoothing,
+        closure=t.closure, on_nan=t.on_nan, checkpoint_every_n_steps=t.checkpoint_every_n_steps,
+        keep_last_k=t.keep_last_k, progress_bar=progress, dist=env,
+        forward_model=_compile(distributed.wrap_model(model, env, device), t.compile),
+        optimizer_factory=lambda m: optimizers.build(cfg.optimizer, m),
+        config={"resolved": OmegaConf.to_container(cfg, resolve=True), "hparams": hparams(cfg)})
+
+
+def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
+    """Build everything from ``cfg``, run the sanity checks (or resume), train; returns the summary."""
+    run_dir = Path(run_dir or HydraConfig.get().runtime.output_dir)
+    trainer = build_trainer(cfg, run_dir)
+    resume = resume_path(cfg.trainer.resume, run_dir)
+    if resume is not None:
+        trainer.resume(resume)
+    elif cfg.trainer.sanity != "skip":
+        run_sanity(trainer, cfg)
+    try:
+        return trainer.fit()
+    finally:
+        distributed.shutdown(trainer.dist)
+
+
+def run_sanity(trainer: Trainer, cfg: DictConfig) -> None:
+    options = OmegaConf.to_container(cfg.sanity, resolve=True) if "sanity" in cfg else {}
+    report = trainer.sanity_check(**options)
+    log.info("sanity checks:\n%s", report.table())
+    if not report.passed:
+        message = f"sanity check failed: {report.summary()}"
+        if cfg.trainer.sanity == "run":
+            raise SanityError(message + " (trainer.sanity=warn to train anyway)")
+        log.warning(message)
+
+
+def resume_path(resume: str | None, run_dir: Path) -> Path | None:
+    """``auto``: this run directory's last.pt if there is one (else start fresh); a path: that file."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        return checkpoint.find_last(run_dir / "checkpoints")
+    return Path(resume)
+
+
+def choose_precision(name: str, device: torch.device) -> str:
+    if name != "auto":
+        return name
+    chosen = auto_precision(device)
+    if device.type == "cpu":
+        log.info("precision auto -> %s: this CPU %s bf16 matrix instructions (AVX512-BF16/AMX)",
+                 chosen, "has" if cpu_has_native_bf16() else "lacks")
+    return chosen
+
+
+def _channels_last(setting, model) -> bool:
+    return has_conv(model) if setting == "auto" else bool(setting)
+
+
+def _compile(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
+    if not enabled:
+        return model
+    try:
+        return torch.compile(model)
+    except Exception as e:  # no compiler toolchain, unsupported platform...
+        log.warning("trainer.compile=true but torch.compile failed (%s); running eagerly", str(e).splitlines()[0])
+        return model
+
+
+def hparams(cfg: DictConfig) -> dict:
+    """The hyperparameters shown in TensorBoard's HPARAMS tab: group choices and the main numbers."""
+    choices = {}
+    if HydraConfig.initialized():
+        choices = {k: v for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra")}
+    flat = {f"optimizer.{k}": v for k, v in cfg.optimizer.items() if not k.startswith("_")}
+    flat.update({"data.batch_size": cfg.data.batch_size, "trainer.epochs": cfg.trainer.epochs,
+                 "trainer.precision": cfg.trainer.precision, "trainer.clip.mode": cfg.trainer.clip.mode,
+                 "trainer.clip.max": cfg.trainer.clip.max, "trainer.seed": cfg.trainer.seed})
+    return {**{f"choice.{k}": v for k, v in choices.items()}, **flat}

@@ -1,0 +1,1 @@
+"""Small generic helpers: seeding, devices, atomic file writes."""
