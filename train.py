@@ -1,11 +1,16 @@
 """Train a model: ``python train.py model=resnet56 optimizer=sgd``; sweeps with ``-m``.
 
-Configs live in configs/ (Hydra); outputs go to the run directory Hydra prints.
+Configs live in configs/ (Hydra); outputs go to the run directory Hydra prints. A bad command line or
+config is one line on stderr and exit 2; SIGINT/SIGTERM save a checkpoint and exit 128+signal.
 """
+import os
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from training.errors import exit_on_user_error
+from training.distributed import hydra_argv
+from training.errors import exit_cleanly, exit_on_user_error
 from training.run import train
 
 
@@ -16,4 +21,7 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors instead of printing them: one line below
+    with exit_cleanly():
+        sys.argv = hydra_argv(sys.argv)  # under torchrun: Hydra writes for rank 0 only; no sweeps
+        main()

@@ -27,6 +27,14 @@ class FunctionalOptimizer(torch.optim.Optimizer):
     `self.state[p]` under torch's key names, so `state_dict()` keys it by parameter index like torch.optim.
     """
 
+    def __setstate__(self, state: dict) -> None:
+        """Groups loaded from elsewhere (torch.optim's state_dict, an older checkpoint) get missing options
+        from the defaults."""
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+
     def _update(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
         raise NotImplementedError
 

@@ -29,6 +29,15 @@ def _decayed_grads(params: list[Tensor], grads: list[Tensor], weight_decay: floa
     return grads
 
 
+def _shrink(params: list[Tensor], factor: float, foreach: bool) -> None:
+    """Decoupled weight decay: w <- (1 - eta*lambda) w, with `factor` = 1 - eta*lambda."""
+    if foreach:
+        torch._foreach_mul_(params, factor)
+    else:
+        for w in params:
+            w.mul_(factor)
+
+
 def _increment(steps: list[Tensor], foreach: bool) -> list[float]:
     """t <- t + 1 in the `step` tensors; returns the new values as Python floats."""
     if foreach:
@@ -203,11 +212,7 @@ def adam(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_
     """
     ts = _increment(state_steps, foreach)
     if weight_decay and decoupled_weight_decay:
-        if foreach:
-            torch._foreach_mul_(params, 1 - lr * weight_decay)
-        else:
-            for w in params:
-                w.mul_(1 - lr * weight_decay)
+        _shrink(params, 1 - lr * weight_decay, foreach)
     coupled_decay = 0.0 if decoupled_weight_decay else weight_decay
     if not foreach:
         for i, (w, g, m, v, t) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, ts)):
@@ -270,11 +275,7 @@ def radam(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp
     """
     ts = _increment(state_steps, foreach)
     if weight_decay and decoupled_weight_decay:
-        if foreach:
-            torch._foreach_mul_(params, 1 - lr * weight_decay)
-        else:
-            for w in params:
-                w.mul_(1 - lr * weight_decay)
+        _shrink(params, 1 - lr * weight_decay, foreach)
     coupled_decay = 0.0 if decoupled_weight_decay else weight_decay
     steps = [radam_step_size(t, lr=lr, beta1=beta1, beta2=beta2) for t in ts]
     if not foreach:

@@ -1,17 +1,33 @@
-"""torch.distributed on existing engines: torchrun sets the environment, DDP does the gradient sync.
+"""torch.distributed on existing engines: torchrun (or a multi-task submitit job) sets the environment.
 
 Started by ``torchrun --nproc_per_node=N train.py ...``, each process reads RANK/WORLD_SIZE/
 LOCAL_RANK, joins a process group (NCCL on CUDA, gloo on CPU), wraps its model in
 DistributedDataParallel (gradients averaged over ranks, so the update equals one process stepping
 on the global batch) and reads its own slice of every global batch. Only rank 0 writes files.
 Plain ``python train.py`` has WORLD_SIZE unset and runs as one process with none of this.
+
+Hydra runs in every rank process and would make a run directory per rank (``${now:...}`` read on
+each rank's clock), each with ``.hydra/`` and ``train.log``. So ``hydra_argv``, applied before Hydra
+starts, gives ranks other than 0 no Hydra output at all, and ``main_run_dir`` hands them rank 0's
+directory once the process group is up. A sweep (``-m``) inside torchrun is refused; DDP inside a
+sweep goes the other way round: each sweep job is one submitit job whose N tasks are the ranks.
 """
+import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+
+TORCHRUN_VAR = "TORCHELASTIC_RUN_ID"  # set by torchrun in every worker it starts
+MULTIRUN_ARGS = ("-m", "--multirun", "hydra.mode=MULTIRUN")
+NON_MAIN_HYDRA_ARGS = ("hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=none")
+
+
+class LaunchError(ValueError):
+    """A way of starting processes that cannot work; the message says what to run instead."""
 
 
 @dataclass(frozen=True)
@@ -29,8 +45,27 @@ class DistEnv:
         return self.world_size > 1
 
 
+def hydra_argv(argv: list[str], environ=os.environ) -> list[str]:
+    """The command line Hydra should parse in this process (unchanged outside torchrun).
+
+    Under torchrun a sweep is refused (every rank would run every job of it), and ranks other than 0
+    get a run directory of ``.``, no ``.hydra/`` and no log file: Hydra writes nothing for them.
+    """
+    if TORCHRUN_VAR not in environ:
+        return argv
+    if any(arg in MULTIRUN_ARGS for arg in argv[1:]):
+        raise LaunchError("torchrun cannot run a Hydra sweep (-m): every rank would run every job. Sweep DDP runs "
+                          "with `python train.py -m hydra/launcher=slurm hydra.launcher.tasks_per_node=N ...` "
+                          "(each job N ranks), or run torchrun once per configuration")
+    if int(environ.get("RANK", "0")) == 0:
+        return argv
+    return [*argv, *NON_MAIN_HYDRA_ARGS]
+
+
 def init_from_env(device_type: str) -> DistEnv:
-    """Join the process group torchrun described in the environment (one process: no-op)."""
+    """Join the process group torchrun (or submitit) described in the environment (one process: no-op)."""
+    if "WORLD_SIZE" not in os.environ and os.environ.get("SUBMITIT_EXECUTOR"):
+        _export_submitit_env()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return DistEnv()
@@ -40,16 +75,46 @@ def init_from_env(device_type: str) -> DistEnv:
     return env
 
 
+def _export_submitit_env() -> None:
+    """In a submitit job of N > 1 tasks (SLURM's nodes x tasks_per_node): set RANK, WORLD_SIZE,
+    LOCAL_RANK, MASTER_ADDR and MASTER_PORT as torchrun would, from the job's environment."""
+    import submitit  # installed wherever a submitit job runs
+    if submitit.JobEnvironment().num_tasks > 1:
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
+def main_run_dir(run_dir: str | Path, env: DistEnv) -> Path:
+    """Rank 0's run directory, on every rank (Hydra made none for the others: see ``hydra_argv``)."""
+    return Path(broadcast_object(str(run_dir), env))
+
+
+def quiet_other_ranks(env: DistEnv) -> None:
+    """Ranks other than 0 log warnings only, and to no file (a submitit job's tasks share one train.log)."""
+    if env.is_main:
+        return
+    root = logging.getLogger()
+    root.setLevel(logging.WARNING)
+    for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+        root.removeHandler(handler)
+        handler.close()
+
+
 def device_for(env: DistEnv, device: torch.device) -> torch.device:
-    """One GPU per process: rank-local CUDA device; CPU processes share the CPU."""
-    return torch.device("cuda", env.local_rank) if device.type == "cuda" else device
+    """One GPU per process: cuda:<local rank>, or cuda:0 where the scheduler shows each task only its own GPU;
+    CPU processes share the CPU."""
+    if device.type != "cuda":
+        return device
+    return torch.device("cuda", 0 if torch.cuda.device_count() == 1 else env.local_rank)
 
 
 def wrap_model(model: nn.Module, env: DistEnv, device: torch.device) -> nn.Module:
-    """DDP around ``model`` (BatchNorm made SyncBatchNorm when the model asks with ``sync_bn``)."""
+    """DDP around ``model`` (BatchNorm made SyncBatchNorm, in place, when the model asks with ``sync_bn``)."""
     if not env.enabled:
         return model
     if getattr(model, "sync_bn", False):
+        if device.type != "cuda":
+            raise ValueError("model.sync_bn=true needs CUDA: torch's SyncBatchNorm does not run on the CPU "
+                              "(gloo); set model.sync_bn=false")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
@@ -58,6 +123,26 @@ def all_reduce_sum(t: torch.Tensor, env: DistEnv) -> torch.Tensor:
     if env.enabled:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def max_over_ranks(value: int, env: DistEnv, device: torch.device) -> int:
+    """The largest ``value`` any rank holds (e.g. a signal number one rank received, 0 elsewhere)."""
+    if True:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def broadcast_buffers(model: nn.Module, env: DistEnv) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank.
+
+    DDP copies them from rank 0 before each training forward, but then each rank updates its own copy
+    from its own slice of the batch; evaluation needs the one set that rank 0 also checkpoints.
+    """
+    if env.enabled:
+        for buf in model.buffers():
+            dist.broadcast(buf, src=0)
 
 
 def broadcast_object(obj, env: DistEnv):

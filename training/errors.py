@@ -1,9 +1,17 @@
-"""User errors become one line on stderr and a non-zero exit, never a traceback."""
+"""User errors become one line on stderr and a non-zero exit, never a traceback.
+
+Exit codes: 2 a user error, 1 a failed sanity check, 128+signal after SIGINT/SIGTERM.
+``exit_on_user_error`` guards the work (inside Hydra's job); ``exit_cleanly`` guards Hydra itself in
+train.py: its composition errors (an unknown group option, an unknown key, an unparsable override),
+a run directory it cannot create, and a signal that arrives outside training.
+"""
 import logging
+import signal
 import sys
 from contextlib import contextmanager
 
-from hydra.errors import InstantiationException
+from hydra.errors import HydraException, InstantiationException, MissingConfigException
+from omegaconf.errors import OmegaConfBaseException
 
 from data import DatasetNotFoundError
 from training.checkpoint import CheckpointError
@@ -12,14 +20,44 @@ from training.validate import ConfigError
 
 log = logging.getLogger(__name__)
 
-USER_ERRORS = (ConfigError, CheckpointError, DatasetNotFoundError, DivergenceError, ValueError, PermissionError)
+USER_ERRORS = (ConfigError, CheckpointError, DatasetNotFoundError, DivergenceError, ValueError, OSError,
+               HydraException, OmegaConfBaseException)
+_STOP_AT = ("See https://", "Config search path", "full_key:", "object_type=", "reference_type=")
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGINT/SIGTERM outside training: nothing to save. A BaseException, so Hydra's job wrapper lets it pass."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name} outside training; nothing new to save "
+                         f"(run the same command again; trainer.resume=auto continues from the last checkpoint)")
+        self.signum = signum
 
 
 def one_line(error: BaseException) -> str:
-    """Hydra wraps constructor errors ("Error in call to target ..."): report the cause itself."""
+    """The error's message as one line; Hydra's wrapped and multi-line messages are unwrapped and joined."""
     if isinstance(error, InstantiationException) and error.__cause__ is not None:
-        error = error.__cause__
-    return str(error).splitlines()[0] if str(error) else type(error).__name__
+        error = error.__cause__  # "Error in call to target ...": report the constructor's own message
+    if isinstance(error, MissingConfigException) and error.options and "/" in (error.missing_cfg_file or ""):
+        group, option = error.missing_cfg_file.rsplit("/", 1)
+        return f"{group}={option!r} is not an option of config group {group}: allowed {', '.join(error.options)}"
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"{error.strerror or type(error).__name__}: {error.filename}"
+    if not isinstance(error, HydraException):
+        return str(error).splitlines()[0] if str(error).strip() else type(error).__name__
+    lines = []
+    for line in filter(None, map(str.strip, str(error).splitlines())):
+        if line.startswith(_STOP_AT):
+            break
+        lines.append(line)
+    if isinstance(error.__cause__, OmegaConfBaseException):
+        lines.append(f"({str(error.__cause__).splitlines()[0]})")
+    return " ".join(lines) or type(error).__name__
+
+
+def _exit(code: int, message: str):
+    print(message, file=sys.stderr)
+    sys.exit(code)
 
 
 @contextmanager
@@ -30,10 +68,27 @@ def exit_on_user_error():
         yield
     except Interrupted as e:
         log.warning(str(e))
-        sys.exit(128 + e.signum)
+        _exit(128 + e.signum, str(e))
     except SanityError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        _exit(1, f"error: {e}")
     except (InstantiationException, *USER_ERRORS) as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        sys.exit(2)
+        _exit(2, f"error: {one_line(e)}")
+
+
+@contextmanager
+def exit_cleanly():
+    """Around Hydra's main: its errors in one line, exit 2; SIGINT/SIGTERM outside training exit 128+signal."""
+    def stop(signum, _frame):
+        raise Stopped(signum)
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    except Stopped as e:
+        _exit(128 + e.signum, str(e))
+    except (HydraException, OmegaConfBaseException, ValueError) as e:
+        _exit(2, f"error: {one_line(e)}")
+    except OSError as e:  # Hydra creates the run directory, writes .hydra/ and train.log there
+        _exit(2, f"error: cannot write the run directory ({one_line(e)}): set hydra.run.dir=<a writable folder>")
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

@@ -30,15 +30,20 @@ class SanityError(RuntimeError):
 
 
 def build_trainer(cfg: DictConfig, run_dir: str | Path) -> Trainer:
-    validate(cfg)
+    validate(cfg, run_dir)  # and create the run directory, or say why it cannot be written
     t = cfg.trainer
     env = distributed.init_from_env(resolve_device(t.device).type)
+    run_dir = distributed.main_run_dir(run_dir, env)
+    distributed.quiet_other_ranks(env)
     device = distributed.device_for(env, resolve_device(t.device))
     seed_everything(t.seed, t.deterministic)
     precision = choose_precision(t.precision, device)
 
     model = instantiate(cfg.model).to(device)
     memory_format = torch.channels_last if _channels_last(t.channels_last, model) else torch.contiguous_format
+    if precision == "fp16" and device.type == "cpu" and has_conv(model):
+        log.warning("fp16 on the CPU: torch's fp16 convolution backward is a reference kernel (~100x slower "
+                    "than bf16 here); prefer trainer.precision=bf16 on the CPU")
     model = model.to(memory_format=memory_format)
     optimizer = optimizers.build(cfg.optimizer, model)
 
@@ -66,6 +71,7 @@ def build_trainer(cfg: DictConfig, run_dir: str | Path) -> Trainer:
         keep_last_k=t.keep_last_k, progress_bar=progress, dist=env,
         forward_model=_compile(distributed.wrap_model(model, env, device), t.compile),
         optimizer_factory=lambda m: optimizers.build(cfg.optimizer, m),
+        monitor=instantiate(cfg.monitor)(logger) if "monitor" in cfg else None,
         config={"resolved": OmegaConf.to_container(cfg, resolve=True), "hparams": hparams(cfg)})
 
 
@@ -73,7 +79,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     """Build everything from ``cfg``, run the sanity checks (or resume), train; returns the summary."""
     run_dir = Path(run_dir or HydraConfig.get().runtime.output_dir)
     trainer = build_trainer(cfg, run_dir)
-    resume = resume_path(cfg.trainer.resume, run_dir)
+    resume = resume_path(cfg.trainer.resume, trainer.run_dir)  # under DDP: rank 0's, on every rank
     if resume is not None:
         trainer.resume(resume)
     elif cfg.trainer.sanity != "skip":

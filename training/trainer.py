@@ -25,7 +25,7 @@ from tqdm import tqdm
 from data import ImageData
 from training import checkpoint
 from training.clipping import clip_gradients
-from training.distributed import DistEnv, all_reduce_sum
+from training.distributed import DistEnv, all_reduce_sum, broadcast_buffers, max_over_ranks
 from training.logger import RunLogger
 from training.precision import Precision
 from utils.seed import rng_state, set_rng_state
@@ -40,9 +40,9 @@ class DivergenceError(RuntimeError):
 class Interrupted(Exception):
     """SIGINT/SIGTERM arrived; a checkpoint was saved at the step boundary."""
 
-    def __init__(self, signum: int, step: int):
-        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint saved, "
-                         f"continue with trainer.resume=auto in the same run directory")
+    def __init__(self, signum: int, step: int, run_dir: Path):
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint saved. Continue with "
+                         f"the same command plus trainer.resume=auto hydra.run.dir={run_dir}")
         self.signum = signum
 
 
@@ -85,10 +85,14 @@ class Trainer:
 
     def fit(self, stop_after_steps: int | None = None) -> dict:
         """Train to ``epochs`` (or ``max_steps``); ``stop_after_steps`` pauses early with a checkpoint."""
-        self.logger.open(purge_step=self.global_step or None)
+        self.logger.open(purge_step=self.global_step)  # hides events a killed attempt logged past this step
+        self.logger.truncate_epochs(self.epoch)  # and its metric lines (also on a fresh start)
         with self._signals_to_checkpoint():
             try:
                 while self.epoch < self.epochs and not self._max_steps_reached():
+                    if self._stop_requested():  # the signal came during evaluation
+                        self.save_checkpoint()
+                        raise Interrupted(self._stop_signal, self.global_step, self.run_dir)
                     train_metrics = self._train_epoch(stop_after_steps)
                     if train_metrics is None:  # paused mid-epoch, checkpoint written
                         return self.summary(finished=False)
@@ -105,6 +109,7 @@ class Trainer:
         Runs the unwrapped model: weights are identical on every rank, and DDP's forward would sync buffers.
         """
         loader = loader or self.data.val
+        broadcast_buffers(self.model, self.dist)
         self.model.eval()
         totals = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, count
         loader.set_epoch(0)
@@ -124,7 +129,8 @@ class Trainer:
         self.forward_model.train()
         bar = tqdm(total=len(loader), initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/{self.epochs}",
                    disable=not self.progress_bar, leave=False, dynamic_ncols=True)
-        batches = [(None, None)] if self.closure_mode == "full_batch" and self.needs_closure else loader
+        full_batch = self.closure_mode == "full_batch" and self.needs_closure
+        batches = [(None, None)][self.step_in_epoch:] if full_batch else loader  # resumed after its one step: none
         started = time.perf_counter()
         for x, y in batches:
             self._train_step(x, y)
@@ -139,7 +145,7 @@ class Trainer:
                 bar.close()
                 self.save_checkpoint()
                 if self._stop_signal is not None:
-                    raise Interrupted(self._stop_signal, self.global_step)
+                    raise Interrupted(self._stop_signal, self.global_step, self.run_dir)
                 return None
             if self._max_steps_reached():
                 break
@@ -153,7 +159,7 @@ class Trainer:
     def _train_step(self, x: torch.Tensor | None, y: torch.Tensor | None) -> None:
         self.scheduler.step_update(self.global_step)
         if self.needs_closure:
-            loss, logits, norm, clipped = self._closure_step(x, y)
+            loss, logits, y, norm, clipped = self._closure_step(x, y)
         else:
             with self.precision.autocast():
                 logits = self.forward_model(x)  # (B, num_classes)
@@ -176,7 +182,7 @@ class Trainer:
         return result.total_norm, result.clipped
 
     def _closure_step(self, x, y):
-        """One step of a closure optimizer; returns the first evaluation's loss and logits."""
+        """One step of a closure optimizer; returns the first evaluation's loss, logits and labels, and the clip."""
         first: dict = {}
 
         def closure():
@@ -196,7 +202,7 @@ class Trainer:
 
         loss = self.optimizer.step(closure)
         logits, y = first["logits"]
-        return loss, logits, *first["clip"]
+        return loss, logits, y, *first["clip"]
 
     def _record(self, loss, logits, y, norm, clipped) -> None:
         """Accumulate on the device; nothing here waits for the device."""
@@ -279,13 +285,23 @@ class Trainer:
         return self.max_steps is not None and self.global_step >= self.max_steps
 
     def _should_pause(self, stop_after_steps: int | None) -> bool:
-        if self._stop_signal is not None or (stop_after_steps is not None and self.global_step >= stop_after_steps):
+        if self._stop_requested() or (stop_after_steps is not None and self.global_step >= stop_after_steps):
             return True
         every = self.checkpoint_every_n_steps
         if every and self.global_step % every == 0 and self.step_in_epoch < len(self.data.train):
             self._flush(None, 0.0)
             self.save_checkpoint()
         return False
+
+    def _stop_requested(self) -> bool:
+        """A signal arrived. Under DDP every rank must stop after the same step, so the ranks agree (the max
+        over ranks) once per logging interval: a rank stopping alone would leave the others in an all-reduce."""
+        if not self.dist.enabled:
+            return self._stop_signal is not None
+        if self.global_step % self.logger.log_every_n_steps:
+            return False
+        self._stop_signal = max_over_ranks(self._stop_signal or 0, self.dist, self.device) or None
+        return self._stop_signal is not None
 
     @contextmanager
     def _signals_to_checkpoint(self):
@@ -328,6 +344,7 @@ class Trainer:
     def resume(self, path: str | Path) -> None:
         state = checkpoint.load(path)
         checkpoint.check_model_matches(state, self.model, path)
+        checkpoint.check_config_matches(state, self.config.get("resolved"), path)
         if state["world_size"] != self.dist.world_size and state["step_in_epoch"]:
             raise checkpoint.CheckpointError(
                 f"{path} was saved mid-epoch by {state['world_size']} processes; resume it with the same number")

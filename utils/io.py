@@ -11,7 +11,8 @@ import torch
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> None:
     """Write through ``write(file)`` into a temporary file beside ``path``, fsync, then rename into place.
 
-    If anything fails (a full disk, a kill), the temporary file is removed and ``path`` is untouched.
+    If the write fails (a full disk), the temporary file is removed and ``path`` is untouched; a SIGKILL
+    leaves ``path`` untouched too, and the ``.<name>.*.tmp`` file behind.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -33,7 +34,17 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
 
 
 def save_torch(obj: Any, path: str | os.PathLike) -> None:
-    atomic_write(path, lambda f: torch.save(obj, f))
+    atomic_write(path, lambda f: _torch_save(obj, f))
+
+
+def _torch_save(obj: Any, f) -> None:
+    """``torch.save``, except that a failed write (a full disk) raises its OSError, not torch's RuntimeError."""
+    try:
+        torch.save(obj, f)
+    except RuntimeError as e:
+        if isinstance(e.__context__, OSError):
+            raise e.__context__ from None
+        raise
 
 
 def save_json(obj: Any, path: str | os.PathLike) -> None:

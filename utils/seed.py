@@ -7,18 +7,20 @@ import torch
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
-    """Seed python, numpy and torch (all devices); optionally force deterministic kernels.
+    """Seed python, numpy and torch (all devices); set or clear deterministic kernels.
 
     On CPU the same seed already gives the same run; ``deterministic`` additionally asks cuDNN and
-    cuBLAS for deterministic algorithms (slower) and errors on ops that have none.
+    cuBLAS for deterministic algorithms (slower) and errors on ops that have none. It is process-wide
+    state, so it is set both ways: a later run in the same process does not inherit an earlier one's.
     """
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts
+        torch.backends.cudnn.benchmark = False  # autotuning may pick a different algorithm each run
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.deterministic = deterministic
 
 
 def rng_state() -> dict:

@@ -1,0 +1,131 @@
+"""The gradient-flow figure: per-layer gradient norms against depth, from the monitor's ``grad_norms.jsonl``.
+
+    python -m analysis.gradient_flow <run dir or multirun dir> [--out figure.png]
+
+A run directory gives one line per observed step (dark: early, light: late). A multirun directory gives
+one line per run, at its first observed step (initialisation) and its last, labelled by the overrides that
+differ between the runs. Depth is the index of the weight layers (Linear, Conv); BatchNorm and other
+layers are left out when a model has weight layers, since their gradients are not on the same scale.
+It prints, per run, the first and last weight layer's gradient norms at the first step and their ratio.
+Hydra experiments draw it at the end of each job and of the sweep with ``GradientFlowFigure``, a callback.
+"""
+import argparse
+import itertools
+from pathlib import Path
+
+import numpy as np
+from hydra.experimental.callback import Callback
+from matplotlib.ticker import MaxNLocator
+from omegaconf import OmegaConf
+
+from analysis.figures import FigureWriter, plt
+from training.monitor import HISTORY_FILE, GradientHistory, read_history
+
+FIGURE = "gradient_flow"
+
+
+def weight_layers(history: GradientHistory) -> list[int]:
+    """Indices of the Linear/Conv layers (every layer when there are none)."""
+    found = [i for i, kind in enumerate(history.kinds) if kind.startswith(("Linear", "Conv"))]
+    return found or list(range(len(history.layers)))
+
+
+def grad_matrix(history: GradientHistory) -> np.ndarray:
+    """(steps, weight layers) gradient norms."""
+    return np.asarray(history.grad_norms, dtype=float)[:, weight_layers(history)]
+
+
+def find_runs(directory: Path) -> dict[str, Path]:
+    """{label: run dir}: ``directory`` itself if it holds a history, else its subdirectories that do."""
+    if (directory / HISTORY_FILE).is_file():
+        return {directory.name: directory}
+    runs = sorted(p.parent for p in directory.glob(f"*/{HISTORY_FILE}"))
+    if not runs:
+        raise FileNotFoundError(f"no {HISTORY_FILE} in {directory} or its subdirectories: train with "
+                                f"monitor.every_n_steps > 0 first")
+    return dict(zip(_labels(runs), runs))
+
+
+def _labels(runs: list[Path]) -> list[str]:
+    """Each run's Hydra overrides that not every run shares (the directory name when there are none)."""
+    overrides = [set(OmegaConf.load(r / ".hydra" / "overrides.yaml")) if (r / ".hydra" / "overrides.yaml").is_file()
+                 else {r.name} for r in runs]
+    common = set.intersection(*overrides) if len(runs) > 1 else set()
+    return [" ".join(sorted(o - common)) or r.name for o, r in zip(overrides, runs)]
+
+
+def plot_run(history: GradientHistory, title: str):
+    grads = grad_matrix(history)
+    figure, ax = plt.subplots(figsize=(8, 4.5))
+    colours = plt.cm.viridis(np.linspace(0, 0.9, len(grads)))
+    for step, row, colour in zip(history.steps, grads, colours):
+        ax.semilogy(np.arange(1, row.size + 1), row, color=colour, marker=".", lw=1, label=f"step {step}")
+    _decorate(ax, title)
+    if len(grads) <= 12:
+        ax.legend(fontsize=7)
+    return figure
+
+
+def plot_sweep(histories: dict[str, GradientHistory], title: str):
+    figure, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+    colours = (plt.cm.tab10 if len(histories) <= 10 else plt.cm.tab20).colors
+    for (label, history), colour in zip(histories.items(), itertools.cycle(colours)):
+        grads = grad_matrix(history)
+        depth = np.arange(1, grads.shape[1] + 1)
+        axes[0].semilogy(depth, grads[0], color=colour, marker=".", lw=1, label=label)
+        axes[1].semilogy(depth, grads[-1], color=colour, marker=".", lw=1)
+    _decorate(axes[0], f"{title}: first observed step")
+    _decorate(axes[1], f"{title}: last observed step")
+    figure.legend(loc="lower center", ncol=2, fontsize=7, bbox_to_anchor=(0.5, -0.02 - 0.012 * len(histories)))
+    return figure
+
+
+def _decorate(ax, title: str) -> None:
+    ax.set(xlabel="weight layer (input -> output)", ylabel="gradient norm ||g||", title=title)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def first_layer_table(histories: dict[str, GradientHistory]) -> str:
+    rows = [f"{'run':50s} {'first layer':>12s} {'last layer':>12s} {'last/first':>11s}"]
+    for label, history in histories.items():
+        first, last = grad_matrix(history)[0, [0, -1]]
+        rows.append(f"{label[:50]:50s} {first:12.3e} {last:12.3e} {last / first if first else np.inf:11.3e}")
+    return "\n".join(rows)
+
+
+def draw(directory: str | Path, out: str | Path | None = None) -> Path:
+    """Draw ``directory``'s figure (a run or a sweep) into ``out`` (default: <directory>/gradient_flow.png)."""
+    directory = Path(directory)
+    histories = {label: read_history(run / HISTORY_FILE) for label, run in find_runs(directory).items()}
+    sweep = not (directory / HISTORY_FILE).is_file()
+    figure = (plot_sweep if sweep else plot_run)(histories if sweep else next(iter(histories.values())),
+                                                 directory.name)
+    out = Path(out) if out else directory / f"{FIGURE}.png"
+    path = FigureWriter(out.parent).save(figure, out.stem)
+    print(first_layer_table(histories))
+    return path
+
+
+class GradientFlowFigure(Callback):
+    """Hydra callback (``hydra.callbacks``): the figure in each job's run directory, and in the sweep directory."""
+
+    def on_job_end(self, config, job_return, **kwargs) -> None:
+        run_dir = Path(job_return.hydra_cfg.hydra.runtime.output_dir)
+        if (run_dir / HISTORY_FILE).is_file():
+            draw(run_dir)
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        draw(config.hydra.sweep.dir)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("directory", help="a run directory (holding grad_norms.jsonl) or a multirun directory")
+    parser.add_argument("--out", help="the PNG to write (default: <directory>/gradient_flow.png)")
+    args = parser.parse_args(argv)
+    print(f"wrote {draw(args.directory, args.out)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Optimizer paths on 2-D test functions, driven by the training optimizers.
+
+Each optimizer is a ``configs/optimizer/*.yaml`` entry instantiated by Hydra over one ``nn.Parameter`` of shape
+(2,) in float64, with the function's LR and the ``common`` overrides set (configs/toy.yaml: no weight decay, one
+L-BFGS iteration per step). Every optimizer steps through a closure that re-evaluates f and its gradient, so
+L-BFGS runs on the same loop as SGD: w_{t+1} = step(w_t, grad f(w_t)). A path stops early when it diverges
+(|w| > 1e6 or a non-finite f).
+"""
+import copy
+from dataclasses import dataclass
+
+import torch
+from hydra.utils import instantiate
+
+from analysis.checks import require
+from analysis.toy_functions import ToyFunction
+
+ESCAPE = 1e6  # |w| beyond this counts as diverged
+
+
+@dataclass
+class Trajectory:
+    optimizer: str
+    points: torch.Tensor  # (steps + 1, 2) float64, the start included
+    losses: torch.Tensor  # (steps + 1,) f at each point
+    diverged: bool
+
+
+def with_overrides(cfg: dict, values: dict) -> dict:
+    """A copy of an optimizer config with ``values`` set wherever the key exists (Lookahead's ``base`` too)."""
+    cfg = copy.deepcopy(cfg)
+    cfg.pop("decay_norm_and_bias", None)  # a policy of optimizers.build, not a constructor argument
+    for key, value in values.items():
+        if key in cfg:
+            cfg[key] = value
+    if isinstance(cfg.get("base"), dict):
+        cfg["base"] = with_overrides(cfg["base"], values)
+    return cfg
+
+
+def optimize(fn: ToyFunction, optimizer_cfg: dict, start, steps: int, name: str = "") -> Trajectory:
+    """Run ``steps`` optimizer steps on fn from ``start``; ``optimizer_cfg`` is a ``_partial_`` config."""
+    w = torch.nn.Parameter(torch.tensor(start, dtype=torch.float64))
+    optimizer = instantiate(optimizer_cfg)([w])
+
+    def closure():
+        optimizer.zero_grad()
+        loss = fn.f(w)
+        loss.backward()
+        return loss
+
+    points, losses = [w.detach().clone()], [fn.f(w).detach()]
+    for _ in range(steps):
+        optimizer.step(closure)
+        with torch.no_grad():
+            loss = fn.f(w)
+        if not torch.isfinite(loss) or w.abs().max() > ESCAPE:
+            return Trajectory(name, torch.stack(points), torch.stack(losses), True)
+        points.append(w.detach().clone())
+        losses.append(loss)
+    return Trajectory(name, torch.stack(points), torch.stack(losses), False)
+
+
+def paths_on(fn: ToyFunction, optimizers: dict[str, dict], lrs: dict[str, float], start, steps: int,
+             common: dict) -> list[Trajectory]:
+    """One path per optimizer, each with its LR for this function and the ``common`` overrides."""
+    for name in optimizers:
+        require(name in lrs, f"setups.{fn.name}.lr.{name}", None, "a learning rate for every optimizer run")
+    return [optimize(fn, with_overrides(cfg, {**common, "lr": lrs[name]}), start, steps, name)
+            for name, cfg in optimizers.items()]

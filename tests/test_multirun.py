@@ -1,0 +1,27 @@
+"""A real Hydra multirun: one run directory and one TensorBoard run per combination."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import DATA_ROOT, REPO
+
+pytestmark = pytest.mark.needs_data
+
+
+def test_multirun_gives_every_combination_its_own_run(tmp_path):
+    cmd = [sys.executable, "train.py", "-m", "optimizer=sgd,adam", "optimizer.lr=0.01,0.1",
+           f"data.root={DATA_ROOT}", "data.train_subset=256", "data.val_subset=128", "trainer.max_steps=2",
+           "trainer.sanity=skip", "trainer.device=cpu", f"hydra.sweep.dir={tmp_path}"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = sorted(p for p in tmp_path.iterdir() if (p / ".hydra").is_dir())
+    assert len(runs) == 4
+    seen = set()
+    for run in runs:
+        overrides = (run / ".hydra" / "overrides.yaml").read_text()
+        seen.add(tuple(line for line in overrides.splitlines() if "optimizer" in line))
+        assert len(list((run / "tb").glob("events.*"))) == 1
+        assert json.loads((run / "summary.json").read_text())["global_step"] == 2
+    assert len(seen) == 4

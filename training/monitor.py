@@ -1,0 +1,138 @@
+"""Per-layer gradient and weight norms during training, and alarms for vanishing or exploding layers.
+
+A layer is a module that holds parameters itself (a Linear, a Conv, a BatchNorm); its norm is over all
+its trainable parameters, ‖g_layer‖ = sqrt(Σ_p ‖g_p‖²), likewise ‖w_layer‖. The Trainer calls
+``observe`` every step after backward, unscaling and clipping (the gradients the optimizer will use);
+every ``every_n_steps`` steps the monitor takes every parameter's gradient and weight norm with one
+``torch._foreach_norm`` each, sums squares into layers on the device and reads the result with one sync.
+It writes ``grad_norm/<layer>`` and ``weight_norm/<layer>`` scalars (``grad/<layer>`` and
+``weight/<layer>`` histograms when ``histograms``), appends a row to ``<run dir>/grad_norms.jsonl`` (the
+history ``analysis.gradient_flow`` draws), and logs a warning when a layer's gradient norm stays below
+``vanish_below`` or above ``explode_above`` (or is not finite) for ``patience`` observations in a row.
+Only the process that writes (rank 0) observes: under DDP the gradients are already averaged over ranks.
+"""
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from training.logger import RunLogger
+from training.validate import ConfigError
+
+log = logging.getLogger(__name__)
+
+HISTORY_FILE = "grad_norms.jsonl"
+
+
+def parameter_layers(model: nn.Module, trainable_only: bool = True) -> list[tuple[str, str, list]]:
+    """(layer name, module class, [(parameter name, parameter)]) for each module holding parameters, in order."""
+    found = []
+    for name, module in model.named_modules():
+        params = [(f"{name}.{n}" if name else n, p) for n, p in module.named_parameters(recurse=False)
+                  if p.requires_grad or not trainable_only]
+        if params:
+            found.append((name or type(module).__name__, type(module).__name__, params))
+    return found
+
+
+@dataclass
+class GradientHistory:
+    """Observed steps, and for each step one gradient norm and one weight norm per layer."""
+    layers: list[str]
+    kinds: list[str]
+    steps: list[int] = field(default_factory=list)
+    grad_norms: list[list[float]] = field(default_factory=list)
+    weight_norms: list[list[float]] = field(default_factory=list)
+
+    def append(self, step: int, grad: list[float], weight: list[float]) -> None:
+        self.steps.append(step)
+        self.grad_norms.append(grad)
+        self.weight_norms.append(weight)
+
+
+def read_history(path: str | Path) -> GradientHistory:
+    """Read ``grad_norms.jsonl`` (a header line, then one row per observation); a step observed twice (a run
+    resumed from an earlier checkpoint) keeps its last row."""
+    header, *rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line]
+    latest = {row["step"]: row for row in rows}
+    history = GradientHistory(header["layers"], header["kinds"])
+    for step in sorted(latest):
+        history.append(step, latest[step]["grad_norm"], latest[step]["weight_norm"])
+    return history
+
+
+class GradientMonitor:
+    def __init__(self, logger: RunLogger, *, every_n_steps: int = 50, vanish_below: float = 1e-6,
+                 explode_above: float = 1e3, patience: int = 3, histograms: bool = True):
+        _require(isinstance(every_n_steps, int) and every_n_steps >= 0, "every_n_steps", every_n_steps,
+                 "an integer >= 0 (0: off)")
+        _require(vanish_below >= 0, "vanish_below", vanish_below, "a number >= 0")
+        _require(explode_above > vanish_below, "explode_above", explode_above,
+                 f"a number > monitor.vanish_below={vanish_below}")
+        _require(isinstance(patience, int) and patience >= 1, "patience", patience, "an integer >= 1")
+        self.logger, self.every_n_steps, self.histograms = logger, every_n_steps, histograms
+        self.vanish_below, self.explode_above, self.patience = vanish_below, explode_above, patience
+        self.history: GradientHistory | None = None
+        self._params: list[nn.Parameter] = []
+        self._layer_of: torch.Tensor | None = None  # (P,) index of each parameter's layer
+        self._layer_params: list[list[nn.Parameter]] = []
+        self._streaks: dict[str, list[int]] = {}
+
+    def observe(self, model: nn.Module, step: int) -> None:
+        if not self.every_n_steps or step % self.every_n_steps or not self.logger.enabled:
+            return
+        if self.history is None:
+            self._start(model)
+        grads = [p.grad if p.grad is not None else p.new_zeros(()) for p in self._params]
+        norms = torch.stack([torch.stack(torch._foreach_norm(grads)).float(),
+                             torch.stack(torch._foreach_norm(self._params)).float()])  # (2, P)
+        per_layer = norms.new_zeros(2, len(self.history.layers)).index_add_(1, self._layer_of, norms.square())
+        grad, weight = per_layer.sqrt().tolist()  # the one sync
+        self.history.append(step, grad, weight)
+        self._write(step, grad, weight)
+        self._alarm(step, grad)
+
+    def _start(self, model: nn.Module) -> None:
+        layers = parameter_layers(model)
+        self.history = GradientHistory([name for name, _, _ in layers], [kind for _, kind, _ in layers])
+        self._params = [p for _, _, params in layers for _, p in params]
+        index = [i for i, (_, _, params) in enumerate(layers) for _ in params]
+        self._layer_of = torch.tensor(index, device=self._params[0].device)
+        self._streaks = {"vanish_below": [0] * len(layers), "explode_above": [0] * len(layers)}
+        self._layer_params = [[p for _, p in params] for _, _, params in layers]
+        path = self.logger.run_dir / HISTORY_FILE
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"layers": self.history.layers, "kinds": self.history.kinds}) + "\n")
+
+    def _write(self, step: int, grad: list[float], weight: list[float]) -> None:
+        for layer, g, w, params in zip(self.history.layers, grad, weight, self._layer_params):
+            self.logger.scalars({f"grad_norm/{layer}": g, f"weight_norm/{layer}": w}, step)
+            if self.histograms:
+                self.logger.histogram(f"weight/{layer}", torch.cat([p.detach().flatten() for p in params]), step)
+                if any(p.grad is not None for p in params):
+                    self.logger.histogram(f"grad/{layer}", torch.cat([p.grad.flatten() for p in params
+                                                                      if p.grad is not None]), step)
+        with open(self.logger.run_dir / HISTORY_FILE, "a") as f:
+            f.write(json.dumps({"step": step, "grad_norm": grad, "weight_norm": weight}) + "\n")
+
+    def _alarm(self, step: int, grad: list[float]) -> None:
+        """Warn once per streak, when a layer has been out of bounds for ``patience`` observations in a row."""
+        for i, (layer, norm) in enumerate(zip(self.history.layers, grad)):
+            bounds = (("vanish_below", norm < self.vanish_below), ("explode_above", not norm <= self.explode_above))
+            for key, out in bounds:
+                self._streaks[key][i] = self._streaks[key][i] + 1 if out else 0
+                if self._streaks[key][i] == self.patience:
+                    what, relation = ("vanishing", "below") if key == "vanish_below" else ("exploding", "above")
+                    log.warning("%s gradient in layer %s: norm %.3g %s monitor.%s=%g for %d observations in a row "
+                                "(one every %d steps, the last at step %d)", what, layer, norm, relation, key,
+                                getattr(self, key), self.patience, self.every_n_steps, step)
+
+
+def _require(ok: bool, key: str, value, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"monitor.{key}={value!r} is invalid: allowed {allowed}")

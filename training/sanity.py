@@ -1,0 +1,357 @@
+"""Pre-flight checks, each a function returning a CheckResult: its numbers and a verdict.
+
+``run_checks(trainer, **options)`` runs them on throw-away copies of the model and optimizer (the run
+starts from the untouched initial weights) with the run's criterion, precision and clipping. ``batch`` is
+the run's first training batch (augmented as in training); ``held-out`` the first ``heldout_samples``
+validation examples (never augmented).
+
+1. data           labels in [0, C); inputs finite; the held-out inputs normalised: per channel
+                  |mean| <= data_mean_tol and |std - 1| <= data_std_tol.
+2. init_loss      cross-entropy at initialisation near ln C, the loss of uniform predictions:
+                  ln C / init_loss_factor <= L0 <= init_loss_factor * ln C, and the model outputs C logits.
+3. overfit        the first ``overfit_samples`` examples of the batch, trained on alone, reach training accuracy
+                  ``overfit_acc`` within ``overfit_steps`` steps (with lr 0, or no gradient reaching the weights,
+                  they cannot).
+4. gradient_flow  one backward pass (fp32): every parameter gets a finite, non-zero gradient no larger than
+                  ``grad_explode_above``, and no layer's gradient norm is more than ``grad_max_ratio`` times
+                  smaller than the largest layer's (vanishing); a per-layer table of gradient norms.
+5. loss_decrease  ``decrease_steps`` steps on the training stream; the held-out loss must fall by the fraction
+                  ``decrease_min``. It is judged on held-out data: a model memorising noise (labels shuffled
+                  against the inputs) lowers its training loss, not its held-out loss.
+Models run in train mode throughout (batch statistics: BatchNorm's running statistics mean nothing at
+initialisation). The optimizer copy runs at its base LR (no schedule).
+"""
+import copy
+import itertools
+import math
+import time
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn as nn
+
+from training.clipping import clip_gradients
+from training.monitor import parameter_layers
+from training.precision import Precision
+from training.validate import ConfigError
+
+CHECKS = ("data", "init_loss", "overfit", "gradient_flow", "loss_decrease")
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class CheckResult:
+    name: str
+    passed: bool
+    numbers: dict[str, float]
+    message: str
+    details: str = ""  # a longer table, printed under the report's (gradient_flow's per-layer norms)
+    seconds: float = 0.0
+
+
+@dataclass
+class SanityReport:
+    results: list[CheckResult]
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.results)
+
+    @property
+    def failed(self) -> list[CheckResult]:
+        return [r for r in self.results if not r.passed]
+
+    def table(self) -> str:
+        rows = [("check", "verdict", "time", "numbers")]
+        rows += [(r.name, "pass" if r.passed else "FAIL", f"{r.seconds:.1f}s",
+                  "  ".join(f"{k}={_fmt(v)}" for k, v in r.numbers.items())) for r in self.results]
+        lines = [_align(rows), *(f"{r.name}: {r.message}" for r in self.results)]
+        lines += [f"\n{r.name} per layer:\n{r.details}" for r in self.results if r.details]
+        return "\n".join(lines)
+
+    def summary(self) -> str:
+        if self.passed:
+            return f"all {len(self.results)} checks passed"
+        return "; ".join(f"{r.name}: {r.message}" for r in self.failed)
+
+
+@dataclass(frozen=True)
+class SanityOptions:
+    """The ``sanity`` config group; see configs/sanity/default.yaml for what each value means."""
+    checks: tuple[str, ...] = CHECKS
+    data_mean_tol: float = 0.5
+    data_std_tol: float = 0.5
+    init_loss_factor: float = 6.0
+    overfit_samples: int = 16
+    overfit_acc: float = 0.95
+    overfit_steps: int = 100
+    grad_explode_above: float = 1e3
+    grad_max_ratio: float = 1e5
+    decrease_steps: int = 30
+    decrease_min: float = 0.05
+    heldout_samples: int = 512
+
+    def __post_init__(self):
+        object.__setattr__(self, "checks", tuple(self.checks))
+        _require(set(self.checks) <= set(CHECKS), "checks", list(self.checks), f"a list drawn from {list(CHECKS)}")
+        for key in ("data_mean_tol", "data_std_tol", "grad_explode_above", "grad_max_ratio"):
+            _require(_number(getattr(self, key)) and getattr(self, key) > 0, key, getattr(self, key), "a number > 0")
+        _require(_number(self.init_loss_factor) and self.init_loss_factor > 1, "init_loss_factor",
+                 self.init_loss_factor, "a number > 1")
+        for key in ("overfit_acc", "decrease_min"):
+            _require(_number(getattr(self, key)) and 0 < getattr(self, key) <= 1, key, getattr(self, key),
+                     "a number in (0, 1]")
+        for key in ("overfit_samples", "overfit_steps", "decrease_steps", "heldout_samples"):
+            _require(isinstance(getattr(self, key), int) and getattr(self, key) >= 1, key, getattr(self, key),
+                     "an integer >= 1")
+
+    @classmethod
+    def parse(cls, options: dict) -> "SanityOptions":
+        known = [f.name for f in fields(cls)]
+        for key, value in options.items():
+            _require(key in known, key, value, f"only the keys {', '.join(known)}")
+        return cls(**options)
+
+
+def run_checks(trainer, **options) -> SanityReport:
+    """Run the chosen checks on copies; ``trainer`` gives model, optimizer_factory, criterion, precision, data."""
+    opts = SanityOptions.parse(options)
+    data = trainer.data
+    batch = _take(data.train, max(opts.overfit_samples, data.train.batch_size))
+    heldout = _take(data.val, opts.heldout_samples)
+    run = {
+        "data": lambda: check_data({"train": batch[0], "held-out": heldout[0]},
+                                   {"train": data.train.labels, "val": data.val.labels}, data.num_classes,
+                                   stats_of="held-out", mean_tol=opts.data_mean_tol, std_tol=opts.data_std_tol),
+        "init_loss": lambda: check_init_loss(trainer, batch, data.num_classes, factor=opts.init_loss_factor),
+        "overfit": lambda: check_overfit(trainer, (batch[0][:opts.overfit_samples], batch[1][:opts.overfit_samples]),
+                                         target_acc=opts.overfit_acc, max_steps=opts.overfit_steps),
+        "gradient_flow": lambda: check_gradient_flow(trainer.model, trainer.criterion, batch,
+                                                     explode_above=opts.grad_explode_above,
+                                                     max_ratio=opts.grad_max_ratio),
+        "loss_decrease": lambda: check_loss_decrease(trainer, _stream(data.train), heldout,
+                                                     steps=opts.decrease_steps, min_decrease=opts.decrease_min),
+    }
+    results = []
+    for name in opts.checks:
+        started = time.perf_counter()
+        results.append(run[name]())
+        results[-1].seconds = time.perf_counter() - started
+    return SanityReport(results)
+
+
+# ------------------------------------------------------------------------------------------------ checks
+def check_data(inputs: dict[str, torch.Tensor], labels: dict[str, torch.Tensor], num_classes: int, *,
+               stats_of: str, mean_tol: float, std_tol: float) -> CheckResult:
+    """Labels in [0, C), every input finite, ``inputs[stats_of]`` normalised per channel."""
+    lo = min(int(y.min()) for y in labels.values())
+    hi = max(int(y.max()) for y in labels.values())
+    nonfinite = {split: int((~torch.isfinite(x)).sum()) for split, x in inputs.items()}
+    x = inputs[stats_of].transpose(0, 1).flatten(1).double()  # (C, N*H*W)
+    mean, std = x.mean(1), x.std(1)
+    worst_mean, worst_std = mean[mean.abs().argmax()].item(), std[(std - 1).abs().argmax()].item()
+    numbers = {"label_min": lo, "label_max": hi, "classes": num_classes, "nonfinite": sum(nonfinite.values()),
+               "mean": worst_mean, "std": worst_std}
+    problems = [f"labels span [{lo}, {hi}], outside [0, {num_classes - 1}]"] if lo < 0 or hi >= num_classes else []
+    problems += [f"{n} non-finite values in the {split} inputs" for split, n in nonfinite.items() if n]
+    if not abs(worst_mean) <= mean_tol:
+        problems.append(f"{stats_of} inputs have a channel mean {worst_mean:.3g} (allowed |mean| <= {mean_tol}): "
+                        f"normalisation missing or with the wrong statistics?")
+    if not abs(worst_std - 1) <= std_tol:
+        problems.append(f"{stats_of} inputs have a channel std {worst_std:.3g} (allowed 1 +- {std_tol})")
+    return _result("data", problems, numbers, f"labels in [0, {num_classes - 1}], inputs finite and normalised "
+                                              f"(|mean| <= {mean_tol}, |std - 1| <= {std_tol})")
+
+
+@torch.no_grad()
+def check_init_loss(trainer, batch: Batch, num_classes: int, *, factor: float) -> CheckResult:
+    """L0 = CE(model(x), y) at initialisation against ln C: within a factor ``factor`` either way."""
+    model = copy.deepcopy(trainer.model).train()
+    with trainer.precision.autocast():
+        logits = model(batch[0]).float()  # (B, outputs)
+    expected = math.log(num_classes)
+    numbers = {"loss": float("nan"), "expected": expected, "outputs": logits.shape[1]}
+    if logits.shape[1] != num_classes:
+        return _result("init_loss", [f"the model outputs {logits.shape[1]} logits for {num_classes} classes"],
+                       numbers, "")
+    loss = trainer.criterion(logits, batch[1]).item()
+    numbers.update(loss=loss, ratio=loss / expected, logit_std=logits.std().item())
+    ok = expected / factor <= loss <= factor * expected
+    problem = (f"loss {loss:.4g} at initialisation, expected ln({num_classes}) = {expected:.4g} within a factor "
+               f"{factor:g} (logit std {numbers['logit_std']:.3g}: over-confident initial logits, unnormalised "
+               f"inputs, or a loss that is not cross-entropy over {num_classes} classes?)")
+    return _result("init_loss", [] if ok else [problem], numbers,
+                   f"loss {loss:.4g} vs ln({num_classes}) = {expected:.4g} (allowed x{1 / factor:.3g}..x{factor:g})")
+
+
+def check_overfit(trainer, batch: Batch, *, target_acc: float, max_steps: int) -> CheckResult:
+    """Train a copy on ``batch`` alone until its training accuracy reaches ``target_acc`` (or ``max_steps``)."""
+    model, optimizer, precision = _copies(trainer)
+    # Under DDP a SyncBatchNorm copy needs every rank to make the same number of forward passes: no early stop.
+    stop_early = not trainer.dist.enabled
+    first_loss, acc, steps = float("nan"), 0.0, 0
+    for steps in range(1, max_steps + 1):
+        loss, logits = _train_step(model, optimizer, precision, trainer, batch)
+        acc = (logits.argmax(1) == batch[1]).float().mean().item()
+        first_loss = loss if steps == 1 else first_loss
+        if acc >= target_acc and stop_early:
+            break
+    numbers = {"acc": acc, "target": target_acc, "steps": steps, "samples": len(batch[1]),
+               "first_loss": first_loss, "last_loss": loss, "lr": optimizer.param_groups[0]["lr"]}
+    problem = (f"training accuracy {acc:.3f} < {target_acc} after {steps} steps on {len(batch[1])} examples "
+               f"(loss {first_loss:.4g} -> {loss:.4g}): a zero or far too small learning rate, gradients not "
+               f"reaching the weights, or a model too weak to memorise {len(batch[1])} examples?")
+    return _result("overfit", [] if acc >= target_acc else [problem], numbers,
+                   f"accuracy {acc:.3f} >= {target_acc} after {steps} steps on {len(batch[1])} examples")
+
+
+def check_gradient_flow(model: nn.Module, criterion, batch: Batch, *, explode_above: float,
+                        max_ratio: float) -> CheckResult:
+    """One fp32 backward pass on a copy: every parameter's gradient finite, non-zero and <= ``explode_above``,
+    and every layer's norm at least the largest layer's / ``max_ratio`` (else: vanishing).
+
+    Dead: requires_grad=False, no gradient at all (the graph is cut: a detached output kills its layer and
+    every layer before it) or an exactly zero one. A layer's norm is sqrt(sum of its parameters' squared norms).
+    """
+    model = copy.deepcopy(model).train()
+    criterion(model(batch[0]).float(), batch[1]).backward()
+    layers = parameter_layers(model, trainable_only=False)
+    status = {layer: [f"{n}: {why}" for n, p in params if (why := _grad_status(p, explode_above))]
+              for layer, _, params in layers}
+    norms = {layer: math.sqrt(sum(p.grad.double().square().sum() for _, p in params if p.grad is not None))
+             for layer, _, params in layers}
+    alive = {k: v for k, v in norms.items() if 0 < v < math.inf}
+    top, bottom = max(alive, key=alive.get, default="-"), min(alive, key=alive.get, default="-")
+    vanishing = [k for k, v in alive.items() if v < alive[top] / max_ratio]
+    for layer in vanishing:
+        status[layer].append(f"vanishing (< largest / {max_ratio:g})")
+    problems = [s for layer, _, _ in layers for s in status[layer] if not s.startswith("vanishing")]
+    if vanishing:
+        problems.append(f"vanishing gradients in {len(vanishing)} layers, {alive[bottom]:.3g} at the least ({bottom}) "
+                        f"vs {alive[top]:.3g} at the most ({top}), more than {max_ratio:g}x apart: "
+                        f"{', '.join(vanishing[:4])}{', ...' if len(vanishing) > 4 else ''}")
+    numbers = {"layers": len(norms), "problems": len(problems), "vanishing": len(vanishing),
+               "max": alive.get(top, math.nan), "min": alive.get(bottom, math.nan),
+               "max/min": alive[top] / alive[bottom] if alive else math.nan}
+    rows = [("layer", "kind", "grad_norm", "status")]
+    rows += [(layer, kind, f"{norms[layer]:.3e}", "; ".join(status[layer]) or "ok") for layer, kind, _ in layers]
+    return _result("gradient_flow", problems, numbers, f"every parameter gets a finite non-zero gradient <= "
+                   f"{explode_above:g}; largest in {top}, smallest in {bottom}", details=_align(rows))
+
+
+def check_loss_decrease(trainer, batches, heldout: Batch, *, steps: int, min_decrease: float) -> CheckResult:
+    """Train a copy for ``steps`` batches; the held-out loss must fall to <= (1 - min_decrease) x its start."""
+    model, optimizer, precision = _copies(trainer)
+    before = _loss(model, heldout, trainer.criterion, precision)
+    losses = [_train_step(model, optimizer, precision, trainer, b)[0] for b in itertools.islice(batches, steps)]
+    after = _loss(model, heldout, trainer.criterion, precision)
+    k = max(1, len(losses) // 5)  # the training loss, averaged over the first and the last fifth of the steps
+    numbers = {"heldout_before": before, "heldout_after": after, "train_first": sum(losses[:k]) / k,
+               "train_last": sum(losses[-k:]) / k, "steps": len(losses)}
+    change = f"held-out loss {before:.4g} -> {after:.4g} over {len(losses)} steps"
+    ok = after <= (1 - min_decrease) * before
+    train = f"training loss {numbers['train_first']:.4g} -> {numbers['train_last']:.4g}"
+    hint = (f"{train} falls: memorising, not learning (labels shuffled against the inputs?)"
+            if numbers["train_last"] <= (1 - min_decrease) * numbers["train_first"]
+            else f"{train} does not fall either: a zero learning rate, or no gradient reaching the weights?")
+    problem = f"{change}, not down by {min_decrease:.0%}; {hint}"
+    return _result("loss_decrease", [] if ok else [problem], numbers, f"{change} (at least -{min_decrease:.0%})")
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def _take(loader, n: int) -> Batch:
+    """The first ``n`` examples of the loader's epoch 0 (fewer if it holds fewer)."""
+    loader.set_epoch(0)
+    xs, ys = [], []
+    for x, y in loader:
+        xs.append(x)
+        ys.append(y)
+        if sum(len(b) for b in ys) >= n:
+            break
+    return torch.cat(xs)[:n], torch.cat(ys)[:n]
+
+
+def _stream(loader):
+    """Training batches epoch after epoch, as the run will see them."""
+    for epoch in itertools.count():
+        loader.set_epoch(epoch)
+        yield from loader
+
+
+def _copies(trainer) -> tuple[nn.Module, torch.optim.Optimizer, Precision]:
+    """A train-mode copy of the model, a fresh optimizer of the run's config for it, and a fresh loss scaler."""
+    model = copy.deepcopy(trainer.model).train()
+    p = trainer.precision
+    return model, trainer.optimizer_factory(model), Precision(p.mode, p.device, p.static_scale)
+
+
+def _train_step(model, optimizer, precision, trainer, batch: Batch) -> tuple[float, torch.Tensor]:
+    """One step as the Trainer takes it (autocast, scaled backward, unscale, clip, step): loss and logits before it."""
+    x, y = batch
+
+    def forward():
+        optimizer.zero_grad(set_to_none=True)
+        with precision.autocast():
+            logits = model(x)  # (B, C)
+            return trainer.criterion(logits, y), logits
+
+    if getattr(optimizer, "requires_closure", False):  # L-BFGS evaluates the closure itself, unscaled
+        evaluations = []
+
+        def closure():
+            loss, logits = forward()
+            loss.backward()
+            evaluations.append((loss.item(), logits.detach()))
+            return loss
+
+        optimizer.step(closure)
+        return evaluations[0]
+    loss, logits = forward()
+    precision.backward(loss)
+    precision.unscale_(optimizer)
+    clip_gradients([p for p in model.parameters() if p.requires_grad], trainer.clip_mode, trainer.clip_max)
+    precision.step(optimizer)
+    return loss.item(), logits.detach()
+
+
+@torch.no_grad()
+def _loss(model: nn.Module, batch: Batch, criterion, precision: Precision) -> float:
+    with precision.autocast():
+        return criterion(model(batch[0]).float(), batch[1]).item()
+
+
+def _grad_status(p: torch.Tensor, explode_above: float) -> str:
+    """Why a parameter's gradient is unhealthy ('' when it is fine)."""
+    if not p.requires_grad:
+        return "requires_grad=False"
+    if p.grad is None:
+        return "no gradient (output detached or unused?)"
+    norm = p.grad.detach().double().norm().item()
+    if not math.isfinite(norm):
+        return f"non-finite gradient ({norm})"
+    if norm == 0:
+        return "zero gradient"
+    return f"gradient norm {norm:.3g} > {explode_above:g}" if norm > explode_above else ""
+
+
+def _result(name: str, problems: list[str], numbers: dict, ok_message: str, details: str = "") -> CheckResult:
+    return CheckResult(name, not problems, numbers, "; ".join(problems) or ok_message, details)
+
+
+def _align(rows: list[tuple[str, ...]]) -> str:
+    """Rows as text, every column but the last padded to its widest cell."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join([*(c.ljust(w) for c, w in zip(row, widths)), row[-1]]) for row in rows)
+
+
+def _fmt(v) -> str:
+    return str(v) if isinstance(v, int) else f"{v:.4g}"
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _require(ok: bool, key: str, value, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"sanity.{key}={value!r} is invalid: allowed {allowed}")
