@@ -61,22 +61,26 @@ def plot_losses(fn: ToyFunction, paths: list[Trajectory]):
     return fig
 
 
-def animate(fn: ToyFunction, paths: list[Trajectory], path: Path, frames: int = 60) -> Path:
-    """A GIF in which every path grows to its step ``t`` at frame t * frames / steps."""
+def animate(fn: ToyFunction, paths: list[Trajectory], path: Path, frames: int = 48, max_points: int = 400) -> Path:
+    """A GIF in which every path grows to step t = (frame + 1) * steps / frames; each line is drawn through at
+    most ``max_points`` of its points (every k-th, plus the current one) to keep the frames cheap."""
     fig, ax = plt.subplots(figsize=(6, 5.2))
     contour_axes(fn, ax, size=150)
+    points = [p.points.numpy() for p in paths]
     lines = [ax.plot([], [], "-", color=c, lw=1.5, label=p.optimizer)[0]
              for p, c in zip(paths, colors(len(paths)))]
     heads = [ax.plot([], [], "o", color=c, markeredgecolor="black")[0] for c in colors(len(paths))]
     ax.legend(loc="upper left", fontsize=7, ncol=2)
-    longest = max(len(p.points) for p in paths)
+    longest = max(len(p) for p in points)
+    stride = max(1, -(-longest // max_points))
 
     def draw(frame: int):
         t = round((frame + 1) * (longest - 1) / frames)
-        for p, line, head in zip(paths, lines, heads):
-            shown = p.points[: t + 1]
+        for p, line, head in zip(points, lines, heads):
+            last = min(t, len(p) - 1)
+            shown = np.concatenate([p[:last:stride], p[last:last + 1]])
             line.set_data(shown[:, 0], shown[:, 1])
-            head.set_data([shown[-1, 0]], [shown[-1, 1]])
+            head.set_data(shown[-1:, 0], shown[-1:, 1])
         ax.set_title(f"{fn.name}: step {t}")
         return [*lines, *heads]
 

@@ -10,7 +10,6 @@ sensitive than the times themselves to other load on a shared machine.
 """
 
 import argparse
-import functools
 import statistics
 import time
 

@@ -106,16 +106,16 @@ def sgd(params: list[Tensor], grads: list[Tensor], momentum_buffers: list[Tensor
 
 
 def rmsprop(params: list[Tensor], grads: list[Tensor], square_avgs: list[Tensor], grad_avgs: list[Tensor],
-            momentum_buffers: list[Tensor], state_steps: list[Tensor], *, lr: float, alpha: float = 0.99, eps: float = 1e-8,
-            weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False, maximize: bool = False,
-            eps_inside_sqrt: bool = False, foreach: bool = True) -> None:
+            momentum_buffers: list[Tensor], state_steps: list[Tensor], *, lr: float, alpha: float = 0.99,
+            eps: float = 1e-8, weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False,
+            maximize: bool = False, eps_inside_sqrt: bool = False, foreach: bool = True) -> None:
     r"""RMSprop (Hinton, Lecture 6e), optionally centered (Graves 2013) and with momentum.
 
     .. math::
         g_t = \nabla f(w_{t-1}) + \lambda w_{t-1} \\
         s_t = \alpha s_{t-1} + (1 - \alpha) g_t^2 \\
-        \bar g_t = \alpha \bar g_{t-1} + (1 - \alpha) g_t \quad \text{(centered only; } \tilde s_t = s_t - \bar g_t^2
-            \text{, else } \tilde s_t = s_t) \\
+        \bar g_t = \alpha \bar g_{t-1} + (1 - \alpha) g_t \quad
+            \text{(centered only; } \tilde s_t = s_t - \bar g_t^2 \text{, else } \tilde s_t = s_t) \\
         r_t = \sqrt{\tilde s_t} + \epsilon \quad \text{(PyTorch; } \sqrt{\tilde s_t + \epsilon}
             \text{ with eps\_inside\_sqrt=True, the textbook form)} \\
         b_t = \mu b_{t-1} + g_t / r_t, \quad w_t = w_{t-1} - \eta b_t \quad (\mu > 0) \\

@@ -1,6 +1,7 @@
 """DDP and sweeps with real processes: torchrun on the CPU (gloo) against one process on the same global batches,
 one run directory, resume; a sweep refused under torchrun and run through launchers instead; the launcher configs."""
 import json
+import logging
 import os
 import shutil
 import signal
@@ -147,6 +148,22 @@ def test_train_py_refuses_a_sweep_under_torchrun_in_one_line(tmp_path):
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith("error: torchrun cannot run a Hydra sweep (-m)")
     assert list(tmp_path.iterdir()) == []  # refused before Hydra made a directory
+
+
+def test_other_ranks_log_warnings_only_and_to_no_file(tmp_path):
+    """A submitit job's tasks all get Hydra's handler on the one train.log: ranks other than 0 drop it."""
+    root = logging.getLogger()
+    handler, level = logging.FileHandler(tmp_path / "train.log"), root.level
+    root.addHandler(handler)
+    try:
+        distributed.quiet_other_ranks(distributed.DistEnv(rank=0, world_size=2))
+        assert handler in root.handlers
+        distributed.quiet_other_ranks(distributed.DistEnv(rank=1, world_size=2))
+        assert handler not in root.handlers and root.level == logging.WARNING
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+        root.setLevel(level)
 
 
 def test_sync_bn_needs_cuda_and_is_a_no_op_in_one_process(cfg):

@@ -46,7 +46,8 @@ def monitored_run(run_dir, activation, batch_norm, steps=3):
     g = torch.Generator().manual_seed(0)
     for step in range(steps):
         optimizer.zero_grad()
-        F.cross_entropy(model(torch.randn(32, 1, 8, 8, generator=g)), torch.randint(0, 10, (32,), generator=g)).backward()
+        x, y = torch.randn(32, 1, 8, 8, generator=g), torch.randint(0, 10, (32,), generator=g)
+        F.cross_entropy(model(x), y).backward()
         monitor.observe(model, step)
         optimizer.step()
     return monitor.history
@@ -75,7 +76,8 @@ def test_hydra_callback_draws_at_the_end_of_a_job_and_of_the_sweep(tmp_path):
     run = tmp_path / "0_relu"
     monitored_run(run, "relu", False, steps=2)
     callback = GradientFlowFigure()
-    callback.on_job_end(None, SimpleNamespace(hydra_cfg=OmegaConf.create({"hydra": {"runtime": {"output_dir": str(run)}}})))
+    job = SimpleNamespace(hydra_cfg=OmegaConf.create({"hydra": {"runtime": {"output_dir": str(run)}}}))
+    callback.on_job_end(None, job)
     assert (run / "gradient_flow.png").is_file()
     callback.on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
     assert (tmp_path / "gradient_flow.png").is_file()

@@ -39,6 +39,7 @@ def test_every_n_steps_it_records_each_layers_gradient_and_weight_norm(tmp_path)
     for step in range(5):
         backward(model, seed=step)
         monitor.observe(model, step)
+    monitor.observe(model, 4)  # a closure optimizer evaluates (and observes) a step more than once
     logger.close()
     history = monitor.history
     assert history.layers == ["layers.0.0", "layers.0.1", "layers.1.0", "layers.1.1", "head"]

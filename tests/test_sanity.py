@@ -81,6 +81,17 @@ def test_frozen_parameter_is_named_by_gradient_flow(cfg, synthetic, tmp_path):
     assert "layers.0.0" not in message and "head" not in message
 
 
+def test_twenty_layer_sigmoid_mlp_fails_gradient_flow_as_vanishing(cfg, synthetic, tmp_path):
+    depth_20 = f"model.hidden_sizes=[{','.join(['64'] * 19)}]"  # and the head: 20 weight layers
+    trainer, options = trainer_for(cfg, synthetic, tmp_path, "model=deep_mlp", depth_20, "model.activation=sigmoid",
+                                   "sanity.checks=[gradient_flow]")
+    result = trainer.sanity_check(**options).results[0]
+    assert not result.passed and result.message.startswith("vanishing gradients in ")
+    first_row = next(line for line in result.details.splitlines() if line.startswith("layers.0.0 "))
+    assert result.numbers["max/min"] > 1e5 and first_row.endswith("vanishing (< largest / 100000)")
+    assert "layers.0.0" in result.message and "head" not in result.message.split(":")[-1]
+
+
 class Detached(nn.Module):
     def __init__(self, inner: nn.Module):
         super().__init__()

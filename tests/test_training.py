@@ -93,3 +93,12 @@ def test_foreign_and_torn_checkpoints_are_refused(cfg, tmp_path):
     with pytest.raises(checkpoint.CheckpointError):
         train(cfg(f"trainer.resume={torn}"), tmp_path / "mlp")
     assert last.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_resnet20_one_epoch_on_a_cifar_folder_subset(cfg, tmp_path):
+    from conftest import CIFAR_FOLDER
+    summary = train(cfg("data=cifar10_folder", f"data.root={CIFAR_FOLDER}", "model=resnet20",
+                        "data.train_subset=10000", "data.val_subset=null", "data.batch_size=128"), tmp_path)
+    assert summary["finished"] and summary["global_step"] == 10000 // 128
+    assert summary["final_val_acc"] > 0.2  # one epoch on 10k images: well above chance (0.1)

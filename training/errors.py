@@ -10,7 +10,7 @@ import signal
 import sys
 from contextlib import contextmanager
 
-from hydra.errors import HydraException, InstantiationException, MissingConfigException
+from hydra.errors import HydraException, InstantiationException, MissingConfigException, OverrideParseException
 from omegaconf.errors import OmegaConfBaseException
 
 from data import DatasetNotFoundError
@@ -52,6 +52,8 @@ def one_line(error: BaseException) -> str:
         lines.append(line)
     if isinstance(error.__cause__, OmegaConfBaseException):
         lines.append(f"({str(error.__cause__).splitlines()[0]})")
+    if isinstance(error, OverrideParseException) and error.override not in " ".join(lines):
+        lines.insert(0, f"cannot parse the override {error.override!r}:")
     return " ".join(lines) or type(error).__name__
 
 

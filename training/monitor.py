@@ -83,10 +83,13 @@ class GradientMonitor:
         self._streaks: dict[str, list[int]] = {}
 
     def observe(self, model: nn.Module, step: int) -> None:
+        """Record step ``step``'s gradients if it is one to observe (once: L-BFGS calls this per closure evaluation)."""
         if not self.every_n_steps or step % self.every_n_steps or not self.logger.enabled:
             return
         if self.history is None:
             self._start(model)
+        elif self.history.steps and self.history.steps[-1] == step:
+            return
         grads = [p.grad if p.grad is not None else p.new_zeros(()) for p in self._params]
         norms = torch.stack([torch.stack(torch._foreach_norm(grads)).float(),
                              torch.stack(torch._foreach_norm(self._params)).float()])  # (2, P)

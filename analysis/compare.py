@@ -1,0 +1,99 @@
+"""Compare the runs of a sweep: ``python -m analysis.compare sweep_dir=multirun/<date>/<time>``.
+
+Feed it ``python train.py -m experiment=optimizer_comparison`` (optimizers side by side) or
+``experiment=lr_sensitivity`` (optimizer x LR). Writes into ``<sweep_dir>/compare/``:
+``train_loss.png``, ``test_accuracy.png`` and ``grad_norm.png`` against epoch for every run,
+``final_accuracy.png`` (bars), and when some optimizer ran at two or more LRs ``lr_sensitivity.png``
+(final test accuracy against LR, one line per optimizer, log x). The same figures go to ``compare/tb``.
+"""
+from collections import defaultdict
+from pathlib import Path
+
+import hydra
+import numpy as np
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from analysis.figures import FigureWriter, plt
+from analysis.runs import Run, read_runs
+from training.errors import exit_on_user_error
+
+
+def plot_metric(runs: list[Run], key: str, ylabel: str, log: bool = False):
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for run in runs:
+        epochs, values = run.curve(key)
+        ax.plot(epochs, values, "o-", label=run.label)
+    finish(ax, "epoch", ylabel, f"{ylabel} per epoch", log)
+    return fig
+
+
+def plot_grad_norms(runs: list[Run]):
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for run in runs:
+        epochs, norms = run.grad_norm()
+        ax.plot(epochs, norms, lw=1, label=run.label)
+    finish(ax, "epoch", "gradient norm (before clipping)", "global gradient L2 norm during training", log=True)
+    return fig
+
+
+def plot_final_accuracy(runs: list[Run]):
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(runs) + 2), 5))
+    accs = [r.final_acc for r in runs]
+    bars = ax.bar(range(len(runs)), accs, color=plt.get_cmap("tab10")(np.arange(len(runs)) % 10))
+    ax.bar_label(bars, labels=[f"{a:.3f}" for a in accs], fontsize=8)
+    ax.set_xticks(range(len(runs)), [r.label for r in runs], rotation=40, ha="right", fontsize=8)
+    ax.set(ylabel="final test accuracy", ylim=(0, 1.05), title="final test accuracy per run")
+    return fig
+
+
+def lr_curves(runs: list[Run]) -> dict[str, tuple[list[float], list[float]]]:
+    """optimizer -> (LRs ascending, final accuracies), for the optimizers that ran at two or more LRs."""
+    by_optimizer = defaultdict(dict)
+    for run in runs:
+        by_optimizer[run.optimizer][run.lr] = run.final_acc
+    return {name: (sorted(accs), [accs[lr] for lr in sorted(accs)])
+            for name, accs in by_optimizer.items() if len(accs) > 1}
+
+
+def plot_lr_sensitivity(curves: dict[str, tuple[list[float], list[float]]]):
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, (lrs, accs) in curves.items():
+        ax.plot(lrs, accs, "o-", label=name)
+    ax.set_xscale("log")
+    finish(ax, "learning rate", "final test accuracy", "LR sensitivity: final test accuracy against LR")
+    return fig
+
+
+def finish(ax, xlabel: str, ylabel: str, title: str, log: bool = False) -> None:
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    if log:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+
+
+def compare(sweep_dir: str | Path, out_dir: str | Path) -> FigureWriter:
+    """Read the sweep, draw every figure into ``out_dir`` (PNG and TensorBoard)."""
+    runs = read_runs(sweep_dir)
+    out = FigureWriter(out_dir, tensorboard=True)
+    out.save(plot_metric(runs, "train_loss", "training loss", log=True), "train_loss")
+    out.save(plot_metric(runs, "val_acc", "test accuracy"), "test_accuracy")
+    out.save(plot_grad_norms(runs), "grad_norm")
+    out.save(plot_final_accuracy(runs), "final_accuracy")
+    curves = lr_curves(runs)
+    if curves:
+        out.save(plot_lr_sensitivity(curves), "lr_sensitivity")
+    for run in runs:
+        print(f"{run.label:>40}: optimizer {run.optimizer}, lr {run.lr:g}, final test accuracy {run.final_acc:.4f}")
+    return out
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="compare")
+def main(cfg: DictConfig) -> None:
+    with exit_on_user_error():
+        print(compare(cfg.sweep_dir, HydraConfig.get().runtime.output_dir).report())
+
+
+if __name__ == "__main__":
+    main()
