@@ -11,12 +11,14 @@ from omegaconf import DictConfig
 
 from training.distributed import hydra_argv
 from training.errors import exit_cleanly, exit_on_user_error
-from training.run import train
+from training.validate import validate
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float:
     with exit_on_user_error():
+        validate(cfg)  # before the training stack (torchvision, TensorBoard, models) loads: a typo fails at once
+        from training.run import train
         return train(cfg)["best_val_acc"]
 
 

@@ -6,6 +6,7 @@ Feed it ``python train.py -m experiment=optimizer_comparison`` (optimizers side 
 ``final_accuracy.png`` (bars), and when some optimizer ran at two or more LRs ``lr_sensitivity.png``
 (final test accuracy against LR, one line per optimizer, log x). The same figures go to ``compare/tb``.
 """
+import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from omegaconf import DictConfig
 
 from analysis.figures import FigureWriter, plt
 from analysis.runs import Run, read_runs
-from training.errors import exit_on_user_error
+from training.errors import exit_cleanly, exit_on_user_error
 
 
 def plot_metric(runs: list[Run], key: str, ylabel: str, log: bool = False):
@@ -96,4 +97,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors instead of printing them: one line below
+    with exit_cleanly():
+        main()

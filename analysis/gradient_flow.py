@@ -2,7 +2,7 @@
 
     python -m analysis.gradient_flow <run dir or multirun dir> [--out figure.png]
 
-A run directory gives one line per observed step (dark: early, light: late). A multirun directory gives
+A run directory gives one line per observed step, coloured by step. A multirun directory gives
 one line per run, at its first observed step (initialisation) and its last, labelled by the overrides that
 differ between the runs. Depth is the index of the weight layers (Linear, Conv); BatchNorm and other
 layers are left out when a model has weight layers, since their gradients are not on the same scale.
@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 from hydra.experimental.callback import Callback
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.ticker import MaxNLocator
 from omegaconf import OmegaConf
 
@@ -36,14 +38,22 @@ def grad_matrix(history: GradientHistory) -> np.ndarray:
 
 
 def find_runs(directory: Path) -> dict[str, Path]:
-    """{label: run dir}: ``directory`` itself if it holds a history, else its subdirectories that do."""
+    """{label: run dir}: ``directory`` itself if it holds a history, else the run directories below it that do
+    (at any depth: an override value holding a '/' nests Hydra's run directory)."""
     if (directory / HISTORY_FILE).is_file():
         return {directory.name: directory}
-    runs = sorted(p.parent for p in directory.glob(f"*/{HISTORY_FILE}"))
+    runs = sorted((p.parent for p in directory.rglob(HISTORY_FILE)), key=lambda run: _job_number(run, directory))
     if not runs:
-        raise FileNotFoundError(f"no {HISTORY_FILE} in {directory} or its subdirectories: train with "
+        raise FileNotFoundError(f"no {HISTORY_FILE} in {directory} or below it: train with "
                                 f"monitor.every_n_steps > 0 first")
     return dict(zip(_labels(runs), runs))
+
+
+def _job_number(run: Path, sweep: Path) -> tuple[int, str]:
+    """Hydra names sweep runs ``<job number>_<overrides>``: sort 2 before 10."""
+    name = run.relative_to(sweep).parts[0]
+    number = name.split("_", 1)[0]
+    return (int(number) if number.isdigit() else -1, name)
 
 
 def _labels(runs: list[Path]) -> list[str]:
@@ -57,12 +67,11 @@ def _labels(runs: list[Path]) -> list[str]:
 def plot_run(history: GradientHistory, title: str):
     grads = grad_matrix(history)
     figure, ax = plt.subplots(figsize=(8, 4.5))
-    colours = plt.cm.viridis(np.linspace(0, 0.9, len(grads)))
-    for step, row, colour in zip(history.steps, grads, colours):
-        ax.semilogy(np.arange(1, row.size + 1), row, color=colour, marker=".", lw=1, label=f"step {step}")
+    colour = ScalarMappable(Normalize(history.steps[0], max(history.steps[-1], history.steps[0] + 1)), "viridis")
+    for step, row in zip(history.steps, grads):
+        ax.semilogy(np.arange(1, row.size + 1), row, color=colour.to_rgba(step), marker=".", lw=1)
     _decorate(ax, title)
-    if len(grads) <= 12:
-        ax.legend(fontsize=7)
+    figure.colorbar(colour, ax=ax, label="step")
     return figure
 
 
@@ -76,7 +85,8 @@ def plot_sweep(histories: dict[str, GradientHistory], title: str):
         axes[1].semilogy(depth, grads[-1], color=colour, marker=".", lw=1)
     _decorate(axes[0], f"{title}: first observed step")
     _decorate(axes[1], f"{title}: last observed step")
-    figure.legend(loc="lower center", ncol=2, fontsize=7, bbox_to_anchor=(0.5, -0.02 - 0.012 * len(histories)))
+    figure.tight_layout()
+    figure.legend(loc="upper center", ncol=2, fontsize=7, bbox_to_anchor=(0.5, 0.0))  # below the axes
     return figure
 
 
@@ -87,10 +97,12 @@ def _decorate(ax, title: str) -> None:
 
 
 def first_layer_table(histories: dict[str, GradientHistory]) -> str:
-    rows = [f"{'run':50s} {'first layer':>12s} {'last layer':>12s} {'last/first':>11s}"]
+    """At the first observed step: each run's first and last weight layer's gradient norm and their ratio."""
+    width = max(map(len, histories))
+    rows = [f"{'run':{width}s}  {'first layer':>11s}  {'last layer':>11s}  {'last/first':>10s}"]
     for label, history in histories.items():
         first, last = grad_matrix(history)[0, [0, -1]]
-        rows.append(f"{label[:50]:50s} {first:12.3e} {last:12.3e} {last / first if first else np.inf:11.3e}")
+        rows.append(f"{label:{width}s}  {first:11.3e}  {last:11.3e}  {last / first if first else np.inf:10.3e}")
     return "\n".join(rows)
 
 

@@ -9,13 +9,34 @@ without holding every batch's graph at once.
 - ``top_eigenvalues``: power iteration with deflation: the k eigenvalues of largest magnitude (signed).
 - ``hutchinson_trace``: tr(H) = E[z^T H z] for Rademacher z (Hutchinson 1989).
 - ``lanczos`` / ``slq_density``: stochastic Lanczos quadrature (Ghorbani et al. 2019).
+
+``python -m analysis.hessian checkpoint=<run>/checkpoints/last.pt`` applies them to the mean cross-entropy of a
+checkpoint on ``samples`` fixed training examples (eval mode) and writes ``hessian_density.png`` (the SLQ density,
+log scale, the power-iteration eigenvalues marked) and ``hessian.json`` (every number), and TensorBoard images.
 """
+import functools
 import math
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
+import hydra
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 from torch import Tensor
+
+from analysis.checks import require
+from analysis.figures import FigureWriter, plt
+from analysis.loading import Batches, fixed_batches, load_checkpoint_model, mean_loss
+from training.errors import exit_cleanly, exit_on_user_error
+from training.validate import validate
+from utils.device import resolve_device
+from utils.io import save_json
 
 LossTerms = Callable[[], Iterable[Tensor]]
 
@@ -131,10 +152,74 @@ def slq_density(matvec: Callable[[Tensor], Tensor], dim: int, *, steps: int = 80
         nodes.append(theta)
         weights.append(tau)
     every = torch.cat(nodes)
-    sigma = sigma_rel * max(float(every.max() - every.min()), 1e-12 + float(every.abs().max()))
+    spread = float(every.max() - every.min())
+    sigma = sigma_rel * (spread if spread > 0 else max(float(every.abs().max()), 1.0))
     grid = torch.linspace(float(every.min()) - 5 * sigma, float(every.max()) + 5 * sigma, points, dtype=torch.float64)
     density = torch.zeros_like(grid)
     for theta, tau in zip(nodes, weights):
         gauss = torch.exp(-((grid[:, None] - theta[None, :]) ** 2) / (2 * sigma**2)) / (sigma * math.sqrt(2 * math.pi))
         density += gauss @ tau
     return Density(grid, density / runs, nodes, weights, sigma)
+
+
+def model_loss_terms(model: nn.Module, batches: Batches) -> LossTerms:
+    """The mean cross-entropy over all the batches' examples, as one term per batch: sum(CE) / N."""
+    total = sum(len(y) for _, y in batches)
+    return lambda: (F.cross_entropy(model(x), y, reduction="sum") / total for x, y in batches)
+
+
+def plot_density(density: Density, top: list[float]):
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ax.semilogy(density.grid, density.density.clamp_min(1e-12), lw=1.2)
+    for i, value in enumerate(top):
+        ax.axvline(value, color="red", ls="--", lw=0.8, label="power iteration (top-k)" if i == 0 else None)
+    ax.set(xlabel="eigenvalue", ylabel="density", ylim=(1e-8, None),
+           title=f"Hessian eigenvalue density (SLQ, {len(density.ritz_values)} x {len(density.ritz_values[0])} "
+                 f"Ritz values, sigma {density.sigma:.2g})")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    return fig
+
+
+def hessian_report(cfg: DictConfig, out_dir: str | Path) -> tuple[FigureWriter, dict]:
+    require(cfg.top_k >= 1, "top_k", cfg.top_k, "an integer >= 1")
+    require(cfg.lanczos_steps >= 2, "lanczos_steps", cfg.lanczos_steps, "an integer >= 2")
+    device = resolve_device(cfg.trainer.device)
+    model = load_checkpoint_model(cfg.checkpoint, cfg.data)[0].to(device).eval()
+    batches = fixed_batches(instantiate(cfg.data), cfg.samples, cfg.data.eval_batch_size, device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    dim, terms = sum(p.numel() for p in params), model_loss_terms(model, batches)
+    matvec = functools.partial(hvp, terms, params)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    options = dict(generator=generator, device=device)
+    top, _, iterations = top_eigenvalues(matvec, dim, cfg.top_k, max_iter=cfg.power_iterations, tol=cfg.tol,
+                                         **options)
+    trace, stderr = hutchinson_trace(matvec, dim, cfg.trace_samples, **options)
+    density = slq_density(matvec, dim, steps=cfg.lanczos_steps, runs=cfg.slq_runs, sigma_rel=cfg.sigma, **options)
+    numbers = {"checkpoint": str(cfg.checkpoint), "samples": cfg.samples, "parameters": dim,
+               "loss": mean_loss(model, batches), "top_eigenvalues": top, "power_iterations": iterations,
+               "trace": {"estimate": trace, "stderr": stderr, "samples": cfg.trace_samples},
+               "slq": {"steps": cfg.lanczos_steps, "runs": cfg.slq_runs, "sigma": density.sigma,
+                       "ritz_values": [t.tolist() for t in density.ritz_values],
+                       "weights": [w.tolist() for w in density.weights]}}
+    out = FigureWriter(out_dir, tensorboard=True)
+    out.save(plot_density(density, top), "hessian_density")
+    save_json(numbers, out.out_dir / "hessian.json")
+    out.add(out.out_dir / "hessian.json")
+    return out, numbers
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="hessian")
+def main(cfg: DictConfig) -> None:
+    with exit_on_user_error():
+        validate(cfg)
+        out, numbers = hessian_report(cfg, HydraConfig.get().runtime.output_dir)
+        print(f"loss {numbers['loss']:.4f}; top eigenvalues {', '.join(f'{v:.4g}' for v in numbers['top_eigenvalues'])}; "
+              f"trace {numbers['trace']['estimate']:.4g} +- {numbers['trace']['stderr']:.2g}")
+        print(out.report())
+
+
+if __name__ == "__main__":
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors instead of printing them: one line below
+    with exit_cleanly():
+        main()

@@ -11,6 +11,7 @@ training examples (``analysis.loading.fixed_batches``). Writes ``landscape_conto
 ``landscape_surface.png``, ``interpolation.png`` and ``landscape.json`` (the numbers), and TensorBoard images.
 """
 import copy
+import os
 from pathlib import Path
 
 import hydra
@@ -25,7 +26,7 @@ from omegaconf import DictConfig
 from analysis.checks import require
 from analysis.figures import FigureWriter, plt
 from analysis.loading import Batches, fixed_batches, initial_model, load_checkpoint_model, mean_loss
-from training.errors import exit_on_user_error
+from training.errors import exit_cleanly, exit_on_user_error
 from training.validate import validate
 from utils.device import resolve_device
 from utils.io import save_json
@@ -165,4 +166,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors instead of printing them: one line below
+    with exit_cleanly():
+        main()

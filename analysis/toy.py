@@ -5,6 +5,8 @@ in ``only``) starts at ``setups.<f>.start`` and takes ``setups.<f>.steps`` steps
 (analysis/toy_paths.py). Writes ``toy_<f>_paths.png`` (log-spaced contours of f - f_min with the paths),
 ``toy_<f>_loss.png`` (f(w_t) - f_min per step) and ``toy_<f>.gif`` (the paths drawn step by step).
 """
+import os
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -14,7 +16,7 @@ from analysis.checks import require
 from analysis.figures import FigureWriter
 from analysis.toy_paths import paths_on
 from analysis.toy_plots import animate, plot_losses, plot_paths
-from training.errors import exit_on_user_error
+from training.errors import exit_cleanly, exit_on_user_error
 
 
 def selected_optimizers(cfg: DictConfig) -> dict[str, dict]:
@@ -46,4 +48,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors instead of printing them: one line below
+    with exit_cleanly():
+        main()

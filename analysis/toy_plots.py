@@ -38,11 +38,16 @@ def colors(n: int):
     return plt.get_cmap("tab10")(np.arange(n) % 10)
 
 
+def styles(n: int) -> list[str]:
+    """Alternating line styles, so paths that coincide (Adam and AdamW without weight decay) both show."""
+    return [("-", "--", "-.", ":")[i % 4] for i in range(n)]
+
+
 def plot_paths(fn: ToyFunction, paths: list[Trajectory]):
     fig, ax = plt.subplots(figsize=(8, 7))
     contour_axes(fn, ax)
-    for p, c in zip(paths, colors(len(paths))):
-        ax.plot(p.points[:, 0], p.points[:, 1], "-", color=c, lw=1.5, label=p.optimizer)
+    for p, c, ls in zip(paths, colors(len(paths)), styles(len(paths))):
+        ax.plot(p.points[:, 0], p.points[:, 1], ls, color=c, lw=1.5, label=p.optimizer)
         ax.plot(*p.points[-1], "o", color=c, markeredgecolor="black")
     ax.plot(*paths[0].points[0], "s", color="white", markeredgecolor="black", label="start")
     ax.legend(loc="upper left", fontsize=8, ncol=2)
@@ -52,9 +57,9 @@ def plot_paths(fn: ToyFunction, paths: list[Trajectory]):
 
 def plot_losses(fn: ToyFunction, paths: list[Trajectory]):
     fig, ax = plt.subplots(figsize=(8, 5))
-    for p, c in zip(paths, colors(len(paths))):
+    for p, c, ls in zip(paths, colors(len(paths)), styles(len(paths))):
         gap = (p.losses - fn.f_min).clamp_min(FLOOR)
-        ax.semilogy(gap, color=c, label=p.optimizer + (" (diverged)" if p.diverged else ""))
+        ax.semilogy(gap, ls, color=c, label=p.optimizer + (" (diverged)" if p.diverged else ""))
     ax.set(xlabel="step", ylabel="f(w_t) - f_min", title=f"{fn.name}: loss per step")
     ax.legend(fontsize=8, ncol=2)
     ax.grid(alpha=0.3, which="both")
@@ -67,8 +72,8 @@ def animate(fn: ToyFunction, paths: list[Trajectory], path: Path, frames: int = 
     fig, ax = plt.subplots(figsize=(6, 5.2))
     contour_axes(fn, ax, size=150)
     points = [p.points.numpy() for p in paths]
-    lines = [ax.plot([], [], "-", color=c, lw=1.5, label=p.optimizer)[0]
-             for p, c in zip(paths, colors(len(paths)))]
+    lines = [ax.plot([], [], ls, color=c, lw=1.5, label=p.optimizer)[0]
+             for p, c, ls in zip(paths, colors(len(paths)), styles(len(paths)))]
     heads = [ax.plot([], [], "o", color=c, markeredgecolor="black")[0] for c in colors(len(paths))]
     ax.legend(loc="upper left", fontsize=7, ncol=2)
     longest = max(len(p) for p in points)

@@ -68,7 +68,7 @@ def test_figure_for_a_run_and_for_a_sweep(tmp_path, capsys):
     assert ratios[0] > 1e6 > 10 > ratios[1]
     assert draw(tmp_path / "sweep" / "0_run", tmp_path / "one.png") == tmp_path / "one.png"
     assert (tmp_path / "one.png").stat().st_size > 10_000
-    with pytest.raises(FileNotFoundError, match="no grad_norms.jsonl"):
+    with pytest.raises(FileNotFoundError, match="no grad_norms.jsonl in"):
         draw(tmp_path / "sweep" / "0_run" / ".hydra")
 
 

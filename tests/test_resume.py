@@ -76,6 +76,7 @@ def make_trainer(cfg, run_dir, overrides, fp16_growth_every_step=False):
 
 
 def final_state(run_dir) -> dict:
+    """The run's last checkpoint, less what may differ between a resumed run and one that never stopped."""
     state = checkpoint.load(run_dir / "checkpoints" / "last.pt")
     for group in state["optimizer"]["param_groups"]:
         group.pop("differentiable", None)  # a default torch's load_state_dict adds to loaded groups; inert

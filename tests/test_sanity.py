@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 from omegaconf import OmegaConf
 
-from conftest import DATA_ROOT, REPO
+from conftest import CIFAR_FOLDER, DATA_ROOT, REPO
 from data.sources import SOURCES
 from training.run import SanityError, build_trainer, run_sanity, train
 from training.sanity import check_data
@@ -24,19 +24,19 @@ SHAPES = {"mnist": (1, 28), "cifar10": (3, 32)}
 def synthetic(monkeypatch):
     """``data.source=synthetic``: a learnable stand-in for MNIST/CIFAR-10 with no files. Image = (class
     template + uniform noise) / 2, as uint8; 1024 training and 512 test images, 10 classes."""
-    def load(root, train, download=False, channels=1, size=28):
-        g = torch.Generator().manual_seed(0)
-        templates = torch.randint(0, 256, (10, channels, size, size), generator=g)
-        g.manual_seed(1 if train else 2)
-        n = 1024 if train else 512
-        labels = torch.randint(0, 10, (n,), generator=g)
-        noise = torch.randint(0, 256, (n, channels, size, size), generator=g)
-        return ((templates[labels] + noise) // 2).to(torch.uint8), labels
-
     def source(dataset: str):
         channels, size = SHAPES[dataset]
-        monkeypatch.setitem(SOURCES, "synthetic", lambda root, train, download=False: load(root, train, download,
-                                                                                           channels, size))
+
+        def load(root, train, download=False):
+            g = torch.Generator().manual_seed(0)
+            templates = torch.randint(0, 256, (10, channels, size, size), generator=g)
+            g.manual_seed(1 if train else 2)
+            n = 1024 if train else 512
+            labels = torch.randint(0, 10, (n,), generator=g)
+            noise = torch.randint(0, 256, (n, channels, size, size), generator=g)
+            return ((templates[labels] + noise) // 2).to(torch.uint8), labels
+
+        monkeypatch.setitem(SOURCES, "synthetic", load)
         return (f"data={dataset}", "data.source=synthetic")
     return source
 
@@ -62,6 +62,18 @@ def test_healthy_mlp_cnn_resnet20_pass_every_check_within_a_minute(cfg, syntheti
         assert [r.name for r in report.results] == ["data", "init_loss", "overfit", "gradient_flow", "loss_decrease"]
     print(seconds)
     assert sum(seconds.values()) < 60, seconds
+
+
+@pytest.mark.slow
+@pytest.mark.needs_data
+@pytest.mark.parametrize("model,dataset", [("mlp", "mnist"), ("cnn", "cifar10_folder"), ("resnet20", "cifar10_folder")])
+def test_healthy_nets_pass_every_check_on_real_data_with_the_default_options(cfg, tmp_path, model, dataset):
+    root = DATA_ROOT if dataset == "mnist" else CIFAR_FOLDER
+    composed = cfg(f"model={model}", f"data={dataset}", f"data.root={root}", "data.train_subset=2048",
+                   "data.val_subset=512", "data.batch_size=128")
+    report = build_trainer(composed, tmp_path).sanity_check(**OmegaConf.to_container(composed.sanity))
+    print(report.table())
+    assert report.passed, report.summary()
 
 
 def test_zero_learning_rate_fails_the_overfit_check(cfg, synthetic, tmp_path):

@@ -13,15 +13,10 @@ from contextlib import contextmanager
 from hydra.errors import HydraException, InstantiationException, MissingConfigException, OverrideParseException
 from omegaconf.errors import OmegaConfBaseException
 
-from data import DatasetNotFoundError
-from training.checkpoint import CheckpointError
-from training.trainer import DivergenceError, Interrupted
-from training.validate import ConfigError
-
 log = logging.getLogger(__name__)
 
-USER_ERRORS = (ConfigError, CheckpointError, DatasetNotFoundError, DivergenceError, ValueError, OSError,
-               HydraException, OmegaConfBaseException)
+# ValueError covers ConfigError and the constructors' own checks; OSError a missing dataset or an unwritable file.
+CONFIG_ERRORS = (ValueError, OSError, HydraException, OmegaConfBaseException)
 _STOP_AT = ("See https://", "Config search path", "full_key:", "object_type=", "reference_type=")
 
 
@@ -65,16 +60,23 @@ def _exit(code: int, message: str):
 @contextmanager
 def exit_on_user_error():
     """Exit 2 on a user error, 1 on a failed sanity check, 128+signal after SIGINT/SIGTERM."""
-    from training.run import SanityError
     try:
         yield
-    except Interrupted as e:
-        log.warning(str(e))
-        _exit(128 + e.signum, str(e))
-    except SanityError as e:
-        _exit(1, f"error: {e}")
-    except (InstantiationException, *USER_ERRORS) as e:
+    except CONFIG_ERRORS as e:
         _exit(2, f"error: {one_line(e)}")
+    except Exception as e:
+        # Raised only by the training modules, so they are loaded by now (a config error needs none of them)
+        from training.checkpoint import CheckpointError
+        from training.run import SanityError
+        from training.trainer import DivergenceError, Interrupted
+        if isinstance(e, Interrupted):
+            log.warning(str(e))
+            _exit(128 + e.signum, str(e))
+        if isinstance(e, SanityError):
+            _exit(1, f"error: {e}")
+        if isinstance(e, (CheckpointError, DivergenceError)):
+            _exit(2, f"error: {one_line(e)}")
+        raise
 
 
 @contextmanager
@@ -89,7 +91,8 @@ def exit_cleanly():
         _exit(128 + e.signum, str(e))
     except (HydraException, OmegaConfBaseException, ValueError) as e:
         _exit(2, f"error: {one_line(e)}")
-    except OSError as e:  # Hydra creates the run directory, writes .hydra/ and train.log there
+    except OSError as e:  # Hydra creates the run directory, writes .hydra/ and train.log there (the job's own
+        # errors were handled inside it, by exit_on_user_error)
         _exit(2, f"error: cannot write the run directory ({one_line(e)}): set hydra.run.dir=<a writable folder>")
     finally:
         for s, handler in previous.items():

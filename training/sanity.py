@@ -222,10 +222,10 @@ def check_gradient_flow(model: nn.Module, criterion, batch: Batch, *, explode_ab
              for layer, _, params in layers}
     alive = {k: v for k, v in norms.items() if 0 < v < math.inf}
     top, bottom = max(alive, key=alive.get, default="-"), min(alive, key=alive.get, default="-")
+    problems = [s for layer, _, _ in layers for s in status[layer]]
     vanishing = [k for k, v in alive.items() if v < alive[top] / max_ratio]
     for layer in vanishing:
         status[layer].append(f"vanishing (< largest / {max_ratio:g})")
-    problems = [s for layer, _, _ in layers for s in status[layer] if not s.startswith("vanishing")]
     if vanishing:
         problems.append(f"vanishing gradients in {len(vanishing)} layers, {alive[bottom]:.3g} at the least ({bottom}) "
                         f"vs {alive[top]:.3g} at the most ({top}), more than {max_ratio:g}x apart: "

@@ -1,0 +1,151 @@
+"""The LR range test (Smith 2017, "Cyclical Learning Rates"; fastai's lr_find): ``python -m analysis.lr_finder``.
+
+On a copy of the model, take ``num_steps`` training steps while the LR grows exponentially,
+
+    lr_i = min_lr * (max_lr / min_lr)^(i / (num_steps - 1)),
+
+record the loss, and smooth it with a debiased exponential moving average
+(s_i = beta s_{i-1} + (1 - beta) loss_i, smoothed_i = s_i / (1 - beta^(i+1))). Stop early once the smoothed loss
+exceeds ``diverge_factor`` x its minimum so far (or turns non-finite). The suggestion is the LR of the steepest
+descent of the smoothed loss against log LR (the minimum of its gradient) before the smoothed loss's minimum,
+ignoring the first ``skip_start`` and last ``skip_end`` points. Without ``checkpoint`` the model is freshly initialised with ``trainer.seed`` (the test
+is meant for the start of training); the optimizer is ``cfg.optimizer`` (its own ``lr`` is overridden).
+Writes ``lr_finder.png`` (raw and smoothed loss against LR, log x) and ``lr_finder.json``, and TensorBoard images.
+"""
+import copy
+import math
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig
+
+import optimizers
+from analysis.checks import require
+from analysis.figures import FigureWriter, plt
+from analysis.loading import model_for
+from data import BatchLoader
+from training.errors import exit_cleanly, exit_on_user_error
+from training.validate import validate
+from utils.device import resolve_device
+from utils.io import save_json
+
+
+@dataclass
+class RangeTest:
+    lrs: list[float]
+    losses: list[float]
+    smoothed: list[float]
+    stopped_early: bool
+    suggestion: float | None  # None when too few points remain after skipping the ends
+
+
+def lr_range_test(model: nn.Module, make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
+                  batches: Iterator, loss_fn: Callable = F.cross_entropy, *, min_lr: float = 1e-7,
+                  max_lr: float = 10.0, num_steps: int = 300, beta: float = 0.95, diverge_factor: float = 4.0,
+                  skip_start: int = 10, skip_end: int = 5) -> RangeTest:
+    """Run the exponential LR ramp on a deep copy of ``model`` (left untouched); ``batches`` yields (x, y)."""
+    model = copy.deepcopy(model).train()
+    optimizer = make_optimizer(model)
+    lrs, losses, smoothed, average, best = [], [], [], 0.0, math.inf
+    for i in range(num_steps):
+        lr = min_lr * (max_lr / min_lr) ** (i / (num_steps - 1))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x, y = next(batches)
+        loss = loss_fn(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        value = loss.item()
+        average = beta * average + (1 - beta) * value
+        lrs.append(lr)
+        losses.append(value)
+        smoothed.append(average / (1 - beta ** (i + 1)))
+        if not math.isfinite(smoothed[-1]) or smoothed[-1] > diverge_factor * best:
+            return RangeTest(lrs, losses, smoothed, True, steepest(lrs, smoothed, skip_start, skip_end))
+        best = min(best, smoothed[-1])
+    return RangeTest(lrs, losses, smoothed, False, steepest(lrs, smoothed, skip_start, skip_end))
+
+
+def steepest(lrs: list[float], smoothed: list[float], skip_start: int, skip_end: int) -> float | None:
+    """The LR where d(smoothed loss)/d(log lr) is most negative on the way down to the smoothed loss's minimum
+    (past it, a chaotic loss can dip steeply too), between the skipped ends (the last point, the one that
+    tripped the divergence test, is always among the skipped)."""
+    stop = min(len(lrs) - max(skip_end, 1), int(np.argmin(smoothed)) + 1)
+    if stop - skip_start < 2:
+        return None
+    log_lrs, values = np.log(lrs[skip_start:stop]), np.array(smoothed[skip_start:stop])
+    return float(np.exp(log_lrs[np.argmin(np.gradient(values, log_lrs))]))
+
+
+def endless(loader: BatchLoader) -> Iterator:
+    """The loader's batches, epoch after epoch."""
+    epoch = 0
+    while True:
+        loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def plot_range_test(result: RangeTest):
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ax.plot(result.lrs, result.losses, color="tab:blue", alpha=0.3, lw=0.8, label="loss")
+    ax.plot(result.lrs, result.smoothed, color="tab:blue", lw=1.8, label="smoothed loss")
+    if result.suggestion is not None:
+        ax.axvline(result.suggestion, color="red", ls="--", label=f"suggested lr {result.suggestion:.3g}")
+    ax.set_xscale("log")
+    low, high = min(result.losses), min(max(result.smoothed), 4 * min(result.smoothed))  # hide the explosion
+    ax.set(xlabel="learning rate", ylabel="training loss", ylim=(low - 0.05 * (high - low), high * 1.1),
+           title="LR range test" + (" (stopped early: loss exploded)" if result.stopped_early else ""))
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    return fig
+
+
+def find_lr(cfg: DictConfig, out_dir: str | Path) -> tuple[FigureWriter, RangeTest]:
+    require(0 < cfg.min_lr < cfg.max_lr, "min_lr", cfg.min_lr, f"a number in (0, max_lr={cfg.max_lr})")
+    require(cfg.num_steps >= 2, "num_steps", cfg.num_steps, "an integer >= 2")
+    require(0 <= cfg.smoothing < 1, "smoothing", cfg.smoothing, "a number in [0, 1)")
+    require(cfg.diverge_factor > 1, "diverge_factor", cfg.diverge_factor, "a number > 1")
+    require(not getattr(get_class(cfg.optimizer._target_), "requires_closure", False), "optimizer._target_",
+            cfg.optimizer._target_, "an optimizer that steps without a closure (not L-BFGS)")
+    device = resolve_device(cfg.trainer.device)
+    model = model_for(cfg)[0].to(device)
+    data = instantiate(cfg.data)
+    result = lr_range_test(model, lambda m: optimizers.build(cfg.optimizer, m), endless(data.train.to(device)),
+                           min_lr=cfg.min_lr, max_lr=cfg.max_lr, num_steps=cfg.num_steps, beta=cfg.smoothing,
+                           diverge_factor=cfg.diverge_factor, skip_start=cfg.skip_start, skip_end=cfg.skip_end)
+    out = FigureWriter(out_dir, tensorboard=True)
+    out.save(plot_range_test(result), "lr_finder")
+    save_json({"suggested_lr": result.suggestion, "checkpoint": cfg.checkpoint,
+               "optimizer": cfg.optimizer._target_, "steps_run": len(result.lrs),
+               "lr_at_min_smoothed_loss": result.lrs[int(np.argmin(result.smoothed))], **asdict(result)},
+              out.out_dir / "lr_finder.json")
+    out.add(out.out_dir / "lr_finder.json")
+    return out, result
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="lr_finder")
+def main(cfg: DictConfig) -> None:
+    with exit_on_user_error():
+        validate(cfg)
+        out, result = find_lr(cfg, HydraConfig.get().runtime.output_dir)
+        suggestion = "none (too few steps ran)" if result.suggestion is None else f"{result.suggestion:.4g}"
+        print(f"suggested lr {suggestion} ({len(result.lrs)} of {cfg.num_steps} steps run"
+              f"{', stopped early: the loss exploded' if result.stopped_early else ''})")
+        print(out.report())
+
+
+if __name__ == "__main__":
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors instead of printing them: one line below
+    with exit_cleanly():
+        main()

@@ -1,0 +1,195 @@
+"""Nothing lost: SIGKILL at any moment leaves a loadable last.pt and ``trainer.resume=auto`` finishes the run
+exactly; SIGINT/SIGTERM save and exit 128+signal; a full disk fails the write cleanly; keep_last_k holds."""
+import errno
+import io
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import DATA_ROOT, REPO
+from test_resume import assert_same, final_state, metrics
+from training import checkpoint
+from training.errors import exit_on_user_error
+from training.run import train
+from utils.io import atomic_write
+
+# 16 steps per epoch, a checkpoint after every step: kills land in and between checkpoint writes.
+RUN = ("trainer.device=cpu", "trainer.sanity=skip", "trainer.progress_bar=false", "logger=none", "optimizer=momentum",
+       "scheduler=cosine", f"data.root={DATA_ROOT}", "data.train_subset=512", "data.val_subset=256",
+       "data.batch_size=32", "model.dropout=0.2", "trainer.epochs=2", "trainer.checkpoint_every_n_steps=1",
+       "trainer.resume=auto")
+
+
+def start(run_dir, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "train.py", *RUN, *extra, f"hydra.run.dir={run_dir}"], cwd=REPO,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(condition, proc: subprocess.Popen, timeout: float = 240.0) -> bool:
+    """Poll ``condition()`` every 10 ms; False when the process ended first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.01)
+    raise TimeoutError(f"{proc.args} made no progress in {timeout}s")
+
+
+def newer_than(path, moment: float):
+    return lambda: path.exists() and path.stat().st_mtime > moment
+
+
+def mid_write(directory):
+    return lambda: directory.is_dir() and any(directory.glob(".last.pt.*.tmp"))
+
+
+@pytest.mark.needs_data
+def test_sigkill_at_random_moments_then_resume_auto_equals_an_uninterrupted_run(tmp_path):
+    rng = random.Random(9)
+    reference = start(tmp_path / "reference")  # runs beside the first attempt
+    run_dir, last = tmp_path / "killed", tmp_path / "killed" / "checkpoints" / "last.pt"
+    moments = ["startup", "mid-write", "random", "mid-write"]  # then one attempt runs to the end
+    steps, kills = [], 0
+    for moment in [*moments, None]:
+        launched = time.time()
+        proc = start(run_dir)
+        if moment == "startup":
+            time.sleep(rng.uniform(0.2, 3.0))
+            alive = proc.poll() is None
+        elif moment == "mid-write":
+            alive = wait_for(mid_write(last.parent), proc)
+        elif moment == "random":
+            alive = wait_for(newer_than(last, launched), proc)
+            time.sleep(rng.uniform(0.0, 0.3))
+        if moment is not None and alive and proc.poll() is None:
+            proc.kill()  # SIGKILL: no handler runs
+            kills += 1
+        out, err = proc.communicate(timeout=240)
+        if moment is None or proc.returncode == 0:
+            assert proc.returncode == 0, err
+            break
+        assert proc.returncode == -signal.SIGKILL, (moment, proc.returncode, err)
+        if last.exists():
+            steps.append(checkpoint.load(last)["global_step"])  # loadable whenever the kill came
+    assert reference.wait(timeout=240) == 0, reference.stderr.read()
+    assert kills >= 3 and len(steps) >= 2 and steps == sorted(steps), (kills, steps)
+    assert_same(final_state(tmp_path / "reference"), final_state(run_dir))
+    assert metrics(tmp_path / "reference") == metrics(run_dir)
+    assert not list(last.parent.glob(".*.tmp"))
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory):
+    """A SIGINT and a SIGTERM, each sent to a real run once it has written a checkpoint; both at once."""
+    tmp = tmp_path_factory.mktemp("signals")
+    runs = {sig: (tmp / sig.name, start(tmp / sig.name, "trainer.epochs=3")) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig, (run_dir, proc) in runs.items():
+        assert wait_for(lambda: (run_dir / "checkpoints" / "last.pt").exists(), proc), proc.communicate()
+        proc.send_signal(sig)
+    return {sig: (run_dir, proc, *proc.communicate(timeout=240)) for sig, (run_dir, proc) in runs.items()}
+
+
+@pytest.mark.needs_data
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_sigint_and_sigterm_save_and_exit_128_plus_signal(interrupted, sig):
+    run_dir, proc, out, err = interrupted[sig]
+    assert proc.returncode == 128 + sig, err
+    (line,) = err.strip().splitlines()
+    state = checkpoint.load(run_dir / "checkpoints" / "last.pt")
+    assert line == (f"stopped by {sig.name} at step {state['global_step']}; checkpoint saved. Continue with the same "
+                    f"command plus trainer.resume=auto hydra.run.dir={run_dir}")
+    assert 0 < state["global_step"] < 3 * 16 and "Traceback" not in err
+
+
+class FullDisk(io.RawIOBase):
+    """A file that takes ``room`` bytes, then fails as a full disk does."""
+
+    def __init__(self, file, room: int):
+        self.file, self.room = file, room
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            self.file.write(bytes(data)[: self.room])
+            self.room = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.file.write(data)
+
+
+@pytest.mark.needs_data
+def test_full_disk_during_a_checkpoint_write_keeps_the_previous_one(cfg, tmp_path, monkeypatch, capsys):
+    real_save, calls = torch.save, []
+
+    def save_until_the_disk_fills(obj, f):
+        calls.append(f)
+        real_save(obj, f if len(calls) < 3 else FullDisk(f, room=20_000))  # the third write fails half-way
+
+    monkeypatch.setattr(torch, "save", save_until_the_disk_fills)
+    with pytest.raises(SystemExit) as stopped, exit_on_user_error():
+        train(cfg("trainer.checkpoint_every_n_steps=1", "logger=none"), tmp_path)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert stopped.value.code == 2 and len(calls) == 3
+    assert lines == [f"error: could not write a checkpoint to {tmp_path / 'checkpoints'} (No space left on device); "
+                     f"last.pt holds the last complete checkpoint. Free space or fix the folder, then continue "
+                     f"with trainer.resume=auto"]
+    assert checkpoint.load(tmp_path / "checkpoints" / "last.pt")["global_step"] == 2
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.pt"]  # no temporary file left
+
+
+@pytest.mark.needs_data
+def test_checkpoints_are_kept_to_keep_last_k(cfg, tmp_path):
+    train(cfg("trainer.checkpoint_every_n_steps=1", "trainer.max_steps=7", "trainer.keep_last_k=3", "logger=none"),
+          tmp_path)
+    saved = tmp_path / "checkpoints"
+    assert sorted(p.name for p in saved.iterdir()) == ["best.pt", "last.pt", "step-000000005.pt",
+                                                       "step-000000006.pt", "step-000000007.pt"]
+    assert [checkpoint.load(saved / f"step-00000000{n}.pt")["global_step"] for n in (5, 6, 7)] == [5, 6, 7]
+    assert os.path.samefile(saved / "last.pt", saved / "step-000000007.pt")
+
+
+def test_kills_during_checkpoint_writes_never_tear_last_pt(tmp_path):
+    """A forked writer saves checkpoints (with step links and best.pt) in a loop; SIGKILL it at 30 random
+    moments: last.pt always loads, and holds a step no older than the one seen before the kill."""
+    rng, seen = random.Random(0), 0
+    state = {"model": {"w": torch.randn(512, 512)}, "optimizer": {}, "scheduler": {}, "scaler": {}, "epoch": 0,
+             "step_in_epoch": 0, "rng": {}, "world_size": 1}
+    for attempt in range(30):
+        pid = os.fork()
+        if pid == 0:  # the writer: never returns into pytest
+            try:
+                for step in range(seen + 1, seen + 1000):
+                    checkpoint.save({**state, "global_step": step}, tmp_path, keep_last_k=2, best=step % 3 == 0)
+            finally:
+                os._exit(0)
+        time.sleep(rng.uniform(0.0, 0.08))
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        if (tmp_path / "last.pt").exists():
+            step = checkpoint.load(tmp_path / "last.pt")["global_step"]
+            assert step >= seen, (attempt, step, seen)
+            seen = step
+    assert seen > 0
+
+
+def test_a_failed_write_leaves_the_old_file(tmp_path):
+    path = tmp_path / "metrics.json"
+    path.write_text("old")
+
+    def fail_half_way(f):
+        f.write("new, but not all of it")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write(path, fail_half_way, mode="w")
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]

@@ -1,0 +1,172 @@
+"""Bad input through the real command line: ``python train.py ...`` prints one line on stderr saying what is
+wrong and what is allowed, exits 2, shows no traceback, and overwrites nothing. The processes of each group
+run side by side (each pays for importing torch), then every case is checked on its own."""
+import functools
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from hydra.errors import HydraException
+
+import data
+from conftest import DATA_ROOT, REPO, compose_cfg
+from data import sources
+from training import checkpoint
+from training.errors import exit_on_user_error, one_line
+from training.run import train
+from training.validate import validate
+
+BASE = ("trainer.device=cpu", "trainer.sanity=skip", "trainer.progress_bar=false", "logger=none", "optimizer=sgd",
+        "scheduler=constant", "data.train_subset=256", "data.val_subset=128", "trainer.max_steps=2")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def mnist_once():
+    """In-process runs read MNIST and its channel statistics once for this file (same values)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(sources.SOURCES, "mnist", functools.cache(sources.SOURCES["mnist"]))
+        patch.setattr(data, "channel_stats", functools.cache(data.channel_stats))
+        yield
+
+
+def run_train_py(cases: dict[str, list[str]], parallel: int = 4) -> dict[str, subprocess.CompletedProcess]:
+    """Each case's ``python train.py BASE... ARGS...``, ``parallel`` at a time."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done, names = {}, list(cases)
+    for i in range(0, len(names), parallel):
+        started = {name: subprocess.Popen([sys.executable, "train.py", *BASE, *cases[name]], cwd=REPO, env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                   for name in names[i:i + parallel]}
+        for name, proc in started.items():
+            out, err = proc.communicate(timeout=300)
+            done[name] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return done
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *expected: str) -> str:
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    for text in expected:
+        assert text in lines[0], lines[0]
+    return lines[0]
+
+
+# --------------------------------------------------------------------------------------- bad config values
+# data.root is an existing empty folder: reading data from it would fail, so these errors came before any data.
+# Every out-of-range value of the issue is checked, message and all, in test_validate.py; here, the command line.
+CONFIG_CASES = {
+    "unknown group option": (["optimizer=bogus"], ["optimizer='bogus' is not an option of config group optimizer",
+                                                  "allowed adagrad, adam, adamw, lbfgs, lookahead"]),
+    "wrong type": (["trainer.epochs=abc"], ["trainer.epochs='abc' is invalid: allowed an integer >= 1"]),
+    "out of range": (["optimizer=adam", "optimizer.betas=[0.9,1.5]"],
+                     ["optimizer.betas=[0.9, 1.5] is invalid: allowed a list of 2 items, each a number in [0, 1)"]),
+    "missing data root": (["data.root={tmp}/nowhere"], ["data.root='{tmp}/nowhere' is invalid: no such folder"]),
+    "unwritable run dir": (["hydra.run.dir={tmp}/a_file/run"], ["cannot write the run directory", "Not a directory",
+                                                                "hydra.run.dir"]),
+}
+
+
+@pytest.fixture(scope="module")
+def config_runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    (tmp / "empty_data").mkdir()
+    (tmp / "a_file").write_text("")
+    cases = {name: [f"data.root={tmp / 'empty_data'}", f"hydra.run.dir={tmp / f'run{i}'}",
+                    *(arg.format(tmp=tmp) for arg in args)] for i, (name, (args, _)) in enumerate(CONFIG_CASES.items())}
+    return tmp, run_train_py(cases)
+
+
+@pytest.mark.parametrize("case", CONFIG_CASES)
+def test_bad_config_is_one_line_before_any_data(config_runs, case):
+    tmp, results = config_runs
+    assert_one_line_error(results[case], *(text.format(tmp=tmp) for text in CONFIG_CASES[case][1]))
+    assert "device cpu" not in results[case].stdout  # the Trainer was never built
+
+
+@pytest.mark.parametrize("override,message", [
+    ("trainer.epoch=3", "Could not override 'trainer.epoch'. To append to your config use +trainer.epoch=3 "
+                        "(Key 'epoch' is not in struct)"),
+    ("trainer.epochs=[", "cannot parse the override 'trainer.epochs=[': no viable alternative at input '['"),
+    ("scheduler=nope", "scheduler='nope' is not an option of config group scheduler: allowed constant, cosine,"),
+])
+def test_hydra_composition_errors_become_one_line(override, message):
+    """The errors Hydra raises for train.py's command line (exit_cleanly prints them the same way)."""
+    with pytest.raises(HydraException) as refused:
+        compose_cfg(override)
+    assert one_line(refused.value).startswith(message) and "\n" not in one_line(refused.value)
+
+
+# --------------------------------------------------------------------------------------- bad checkpoints
+CHECKPOINT_CASES = {
+    "truncated": ([], ["truncated.pt is not a readable checkpoint", "delete it or resume from another file"]),
+    "random": ([], ["random.pt is not a readable checkpoint"]),
+    "old_format": ([], ["old_format.pt has checkpoint format 0, this version reads 1", "start a new run"]),
+    "other_model": (["model=cnn"], ["holds a different model", "resume with the config that wrote it"]),
+    "other_optimizer": (["optimizer=adam"], ["was written with optimizer._target_='optimizers.SGD', "
+                                             "this run has 'optimizers.Adam'; resume with the config that wrote it"]),
+    "missing": ([], ["missing.pt' is invalid: allowed null, auto, or the path of an existing checkpoint file"]),
+}
+THROUGH_CLI = ("truncated", "other_model")  # refused on loading, and after the model is built; all in-process too
+
+
+@pytest.fixture(scope="module")
+def bad_checkpoints(tmp_path_factory):
+    """A real MLP checkpoint (good.pt) and bad ones beside it; each case gets a run directory holding good.pt
+    as its last.pt, which a refused resume must leave as it was."""
+    tmp = tmp_path_factory.mktemp("checkpoints")
+    train(compose_cfg(*BASE), tmp / "good")
+    good = tmp / "good" / "checkpoints" / "last.pt"
+    (tmp / "truncated.pt").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    (tmp / "random.pt").write_bytes(os.urandom(4096))
+    torch.save({**torch.load(good, weights_only=False), "format_version": 0}, tmp / "old_format.pt")
+    for name in CHECKPOINT_CASES:
+        (tmp / name / "checkpoints").mkdir(parents=True)
+        (tmp / name / "checkpoints" / "last.pt").write_bytes(good.read_bytes())
+    return tmp, {name: good if name.startswith("other") else tmp / f"{name}.pt" for name in CHECKPOINT_CASES}
+
+
+@pytest.fixture(scope="module")
+def checkpoint_runs(bad_checkpoints):
+    tmp, files = bad_checkpoints
+    before = {path: path.read_bytes() for path in tmp.rglob("*.pt")}
+    cases = {name: [*CHECKPOINT_CASES[name][0], f"data.root={DATA_ROOT}", f"hydra.run.dir={tmp / name}",
+                    f"trainer.resume={files[name]}"] for name in THROUGH_CLI}
+    return run_train_py(cases), before
+
+
+def assert_nothing_overwritten(tmp, case, before):
+    assert sorted(p.name for p in (tmp / case / "checkpoints").iterdir()) == ["last.pt"]
+    for path, content in before.items():
+        assert path.read_bytes() == content, path
+    checkpoint.load(tmp / case / "checkpoints" / "last.pt")
+
+
+@pytest.mark.needs_data
+@pytest.mark.parametrize("case", THROUGH_CLI)
+def test_bad_checkpoint_through_train_py_is_one_line_and_overwrites_nothing(bad_checkpoints, checkpoint_runs, case):
+    results, before = checkpoint_runs
+    assert_one_line_error(results[case], *CHECKPOINT_CASES[case][1])
+    assert_nothing_overwritten(bad_checkpoints[0], case, before)
+
+
+@pytest.mark.needs_data
+@pytest.mark.parametrize("case", CHECKPOINT_CASES)
+def test_bad_checkpoint_in_process_is_one_line_exit_2(bad_checkpoints, case, capsys):
+    tmp, files = bad_checkpoints
+    before = {path: path.read_bytes() for path in tmp.rglob("*.pt")}
+    with pytest.raises(SystemExit) as stopped, exit_on_user_error():
+        validate_and_train(compose_cfg(*BASE, *CHECKPOINT_CASES[case][0], f"trainer.resume={files[case]}"), tmp / case)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert stopped.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: ")
+    assert all(text in lines[0] for text in CHECKPOINT_CASES[case][1]), lines[0]
+    assert_nothing_overwritten(tmp, case, before)
+
+
+def validate_and_train(cfg, run_dir):
+    """What train.py's main does."""
+    validate(cfg)
+    return train(cfg, run_dir)
