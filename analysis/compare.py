@@ -20,28 +20,39 @@ from analysis.runs import Run, read_runs
 from training.errors import exit_cleanly, exit_on_user_error
 
 
+def run_colors(n: int):
+    """One colour per run: tab10, or tab20 for larger sweeps."""
+    return plt.get_cmap("tab10" if n <= 10 else "tab20")(np.arange(n) % 20)
+
+
 def plot_metric(runs: list[Run], key: str, ylabel: str, log: bool = False):
     fig, ax = plt.subplots(figsize=(8, 5))
-    for run in runs:
+    for run, color in zip(runs, run_colors(len(runs))):
         epochs, values = run.curve(key)
-        ax.plot(epochs, values, "o-", label=run.label)
+        ax.plot(epochs, values, "o-", color=color, label=run.label)
     finish(ax, "epoch", ylabel, f"{ylabel} per epoch", log)
     return fig
 
 
+def moving_average(x: np.ndarray, y: np.ndarray, points: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """y averaged over windows of len(y) // points consecutive values (x at each window's end)."""
+    window = max(1, len(y) // points)
+    return x[window - 1:], np.convolve(y, np.ones(window) / window, mode="valid")
+
+
 def plot_grad_norms(runs: list[Run]):
     fig, ax = plt.subplots(figsize=(8, 5))
-    for run in runs:
-        epochs, norms = run.grad_norm()
-        ax.plot(epochs, norms, lw=1, label=run.label)
-    finish(ax, "epoch", "gradient norm (before clipping)", "global gradient L2 norm during training", log=True)
+    for run, color in zip(runs, run_colors(len(runs))):
+        ax.plot(*moving_average(*run.grad_norm()), lw=1.2, color=color, label=run.label)
+    finish(ax, "epoch", "gradient norm (before clipping)",
+           "global gradient L2 norm during training (moving average, 1/50 of the run)", log=True)
     return fig
 
 
 def plot_final_accuracy(runs: list[Run]):
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(runs) + 2), 5))
     accs = [r.final_acc for r in runs]
-    bars = ax.bar(range(len(runs)), accs, color=plt.get_cmap("tab10")(np.arange(len(runs)) % 10))
+    bars = ax.bar(range(len(runs)), accs, color=run_colors(len(runs)))
     ax.bar_label(bars, labels=[f"{a:.3f}" for a in accs], fontsize=8)
     ax.set_xticks(range(len(runs)), [r.label for r in runs], rotation=40, ha="right", fontsize=8)
     ax.set(ylabel="final test accuracy", ylim=(0, 1.05), title="final test accuracy per run")

@@ -142,7 +142,8 @@ def slq_density(matvec: Callable[[Tensor], Tensor], dim: int, *, steps: int = 80
                 dtype: torch.dtype = torch.float32, device="cpu") -> Density:
     """Spectral density by stochastic Lanczos quadrature (Ghorbani et al. 2019, sec. 3):
 
-        phi(t) = (1/n_v) sum_l sum_j tau_j^l g_sigma(t - theta_j^l),   g_sigma(x) = exp(-x^2 / 2 sigma^2) / (sigma sqrt(2 pi))
+        phi(t) = (1/n_v) sum_l sum_j tau_j^l g_sigma(t - theta_j^l)
+        g_sigma(x) = exp(-x^2 / (2 sigma^2)) / (sigma sqrt(2 pi))
 
     over n_v = ``runs`` Gaussian start vectors, each giving m = ``steps`` Ritz values theta and weights tau;
     sigma = sigma_rel * (spread of the Ritz values). phi integrates to 1 (the grid extends 5 sigma past them)."""
@@ -214,7 +215,8 @@ def main(cfg: DictConfig) -> None:
     with exit_on_user_error():
         validate(cfg)
         out, numbers = hessian_report(cfg, HydraConfig.get().runtime.output_dir)
-        print(f"loss {numbers['loss']:.4f}; top eigenvalues {', '.join(f'{v:.4g}' for v in numbers['top_eigenvalues'])}; "
+        top = ", ".join(f"{v:.4g}" for v in numbers["top_eigenvalues"])
+        print(f"loss {numbers['loss']:.4f}; top eigenvalues {top}; "
               f"trace {numbers['trace']['estimate']:.4g} +- {numbers['trace']['stderr']:.2g}")
         print(out.report())
 

@@ -93,7 +93,7 @@ def plot_contour(xs, ys, losses: np.ndarray):
     filled = ax.contourf(xs, ys, losses, levels=levels, norm=LogNorm(), cmap="viridis")
     ax.contour(xs, ys, losses, levels=levels[::2], colors="white", linewidths=0.5, alpha=0.6)
     ax.plot(0, 0, "r*", markersize=14, markeredgecolor="white", label="checkpoint")
-    fig.colorbar(filled, ax=ax, label="loss (log-spaced levels)")
+    fig.colorbar(filled, ax=ax, label="loss (log-spaced levels)", format="%.3g")
     ax.set(xlabel="a (direction d1)", ylabel="b (direction d2)",
            title="loss on the plane w + a d1 + b d2 (filter-normalised d1, d2)")
     ax.legend(loc="upper right")

@@ -8,8 +8,9 @@ record the loss, and smooth it with a debiased exponential moving average
 (s_i = beta s_{i-1} + (1 - beta) loss_i, smoothed_i = s_i / (1 - beta^(i+1))). Stop early once the smoothed loss
 exceeds ``diverge_factor`` x its minimum so far (or turns non-finite). The suggestion is the LR of the steepest
 descent of the smoothed loss against log LR (the minimum of its gradient) before the smoothed loss's minimum,
-ignoring the first ``skip_start`` and last ``skip_end`` points. Without ``checkpoint`` the model is freshly initialised with ``trainer.seed`` (the test
-is meant for the start of training); the optimizer is ``cfg.optimizer`` (its own ``lr`` is overridden).
+ignoring the first ``skip_start`` and last ``skip_end`` points. Without ``checkpoint`` the model is freshly
+initialised with ``trainer.seed`` (the test is meant for the start of training); the optimizer is
+``cfg.optimizer`` (its own ``lr`` is overridden). The ramp runs in float32, without autocast.
 Writes ``lr_finder.png`` (raw and smoothed loss against LR, log x) and ``lr_finder.json``, and TensorBoard images.
 """
 import copy

@@ -142,9 +142,13 @@ def compose_case(overrides: list[str]):
         return compose("train", overrides=overrides)
 
 
-def benchmark(overrides: list[str], *, steps: int, rounds: int, workers: int, peaks: dict[str, float]) -> dict:
-    """Images/s of each variant (median over rounds), ratios (median of per-round ratios), GFLOP/s, % peak."""
-    cfg = compose_case(["trainer.sanity=skip", "trainer.progress_bar=false", "trainer.device=cpu", *overrides])
+def benchmark(case: str, data: list[str], *, steps: int, rounds: int, workers: int, peaks: dict[str, float]) -> dict:
+    """Images/s of each variant (median over rounds), ratios (median of per-round ratios), GFLOP/s, % peak.
+
+    ``case``: space-separated overrides; ``data``: the overrides choosing the data (before the case's).
+    """
+    cfg = compose_case(["trainer.sanity=skip", "trainer.progress_bar=false", "trainer.device=cpu", *data,
+                        *case.split()])
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = build_trainer(cfg, run_dir)
         trainer.epochs = sys.maxsize  # pauses only: no evaluation inside the timed rounds
@@ -158,7 +162,7 @@ def benchmark(overrides: list[str], *, steps: int, rounds: int, workers: int, pe
                 rates[name].append(runs[name](steps))
         trainer.logger.close()
     flops = 3 * forward_flops_per_image(trainer.model, tuple(trainer.data.train.images.shape[1:]))
-    result = {"case": " ".join(overrides), "precision": trainer.precision.mode,
+    result = {"case": case, "precision": trainer.precision.mode,
               "batch_size": trainer.data.train.batch_size, "train_gflop_per_image": flops / 1e9}
     for name in VARIANTS:
         images_per_sec = statistics.median(rates[name])
@@ -198,9 +202,9 @@ def main() -> None:
           f"{args.ref_workers} DataLoader workers; matmul peak bf16 {peaks['bf16']:.0f} GFLOP/s, "
           f"fp32 {peaks['fp32']:.0f} GFLOP/s")
     results = []
+    data = ["data=cifar10_folder", f"data.root={args.data_root}"]
     for case in args.case or DEFAULT_CASES:
-        overrides = ["data=cifar10_folder", f"data.root={args.data_root}", *case.split()]
-        results.append(benchmark(overrides, steps=args.steps, rounds=args.rounds, workers=args.ref_workers,
+        results.append(benchmark(case, data, steps=args.steps, rounds=args.rounds, workers=args.ref_workers,
                                  peaks=peaks))
         r = results[-1]
         print(f"{r['case']}: {r['precision']}, batch {r['batch_size']}, "

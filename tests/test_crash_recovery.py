@@ -15,7 +15,7 @@ import torch
 from conftest import DATA_ROOT, REPO
 from test_resume import assert_same, final_state, metrics
 from training import checkpoint
-from training.errors import exit_on_user_error
+from training.errors import exit_cleanly, exit_on_user_error
 from training.run import train
 from utils.io import atomic_write
 
@@ -48,8 +48,14 @@ def newer_than(path, moment: float):
     return lambda: path.exists() and path.stat().st_mtime > moment
 
 
+def temporaries(directory) -> set:
+    return set(directory.glob(".last.pt.*.tmp")) if directory.is_dir() else set()
+
+
 def mid_write(directory):
-    return lambda: directory.is_dir() and any(directory.glob(".last.pt.*.tmp"))
+    """A temporary checkpoint file that was not there before: this attempt is writing it now."""
+    left_by_a_kill = temporaries(directory)
+    return lambda: bool(temporaries(directory) - left_by_a_kill)
 
 
 @pytest.mark.needs_data
@@ -65,8 +71,10 @@ def test_sigkill_at_random_moments_then_resume_auto_equals_an_uninterrupted_run(
         if moment == "startup":
             time.sleep(rng.uniform(0.2, 3.0))
             alive = proc.poll() is None
-        elif moment == "mid-write":
-            alive = wait_for(mid_write(last.parent), proc)
+        elif moment == "mid-write":  # after this attempt's first checkpoint, inside a later write
+            alive = wait_for(newer_than(last, launched), proc)
+            time.sleep(rng.uniform(0.0, 0.2))
+            alive = alive and wait_for(mid_write(last.parent), proc)
         elif moment == "random":
             alive = wait_for(newer_than(last, launched), proc)
             time.sleep(rng.uniform(0.0, 0.3))
@@ -84,7 +92,7 @@ def test_sigkill_at_random_moments_then_resume_auto_equals_an_uninterrupted_run(
     assert kills >= 3 and len(steps) >= 2 and steps == sorted(steps), (kills, steps)
     assert_same(final_state(tmp_path / "reference"), final_state(run_dir))
     assert metrics(tmp_path / "reference") == metrics(run_dir)
-    assert not list(last.parent.glob(".*.tmp"))
+    assert not temporaries(last.parent)
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +116,16 @@ def test_sigint_and_sigterm_save_and_exit_128_plus_signal(interrupted, sig):
     assert line == (f"stopped by {sig.name} at step {state['global_step']}; checkpoint saved. Continue with the same "
                     f"command plus trainer.resume=auto hydra.run.dir={run_dir}")
     assert 0 < state["global_step"] < 3 * 16 and "Traceback" not in err
+
+
+def test_a_signal_outside_the_training_loop_exits_128_plus_signal(capsys):
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as stopped, exit_cleanly():
+        os.kill(os.getpid(), signal.SIGTERM)  # e.g. while the data loads: the handler raises at the next bytecode
+        time.sleep(5)
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.startswith("stopped by SIGTERM outside training; nothing new to save")
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 class FullDisk(io.RawIOBase):

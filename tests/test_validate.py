@@ -130,6 +130,7 @@ def test_every_shipped_option_is_valid(model, optimizer, schedule):
     ("trainer.loss_scale=1024", "trainer.loss_scale=1024 is invalid with trainer.precision='auto'"),
     ("trainer.resume=/no/such.pt", "trainer.resume='/no/such.pt' is invalid: allowed null, auto, or the path of"),
     ("data.root=/no/such/folder", "data.root='/no/such/folder' is invalid: no such folder"),
+    ("trainer.epochs=${nope}", "trainer.epochs is invalid (Interpolation key 'nope' not found): allowed a value"),
 ])
 def test_the_issues_examples_name_key_value_and_what_is_allowed(override, message):
     optimizer = {"optimizer.momentum": "momentum", "optimizer.betas": "adam", "optimizer.base": "lookahead"}

@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 from contextlib import contextmanager
+from itertools import takewhile
 
 from hydra.errors import HydraException, InstantiationException, MissingConfigException, OverrideParseException
 from omegaconf.errors import OmegaConfBaseException
@@ -38,13 +39,10 @@ def one_line(error: BaseException) -> str:
         return f"{group}={option!r} is not an option of config group {group}: allowed {', '.join(error.options)}"
     if isinstance(error, OSError) and error.filename is not None:
         return f"{error.strerror or type(error).__name__}: {error.filename}"
+    lines = [line for line in map(str.strip, str(error).splitlines()) if line]
     if not isinstance(error, HydraException):
-        return str(error).splitlines()[0] if str(error).strip() else type(error).__name__
-    lines = []
-    for line in filter(None, map(str.strip, str(error).splitlines())):
-        if line.startswith(_STOP_AT):
-            break
-        lines.append(line)
+        return lines[0] if lines else type(error).__name__
+    lines = list(takewhile(lambda line: not line.startswith(_STOP_AT), lines))
     if isinstance(error.__cause__, OmegaConfBaseException):
         lines.append(f"({str(error.__cause__).splitlines()[0]})")
     if isinstance(error, OverrideParseException) and error.override not in " ".join(lines):

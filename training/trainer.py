@@ -54,7 +54,7 @@ class Trainer:
                  checkpoint_every_n_steps: int | None = None, keep_last_k: int = 1,
                  progress_bar: bool = False, dist: DistEnv = DistEnv(), forward_model: nn.Module | None = None,
                  optimizer_factory: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
-                 monitor=None, config: dict | None = None):
+                 monitor=None, tta_flip: bool = False, config: dict | None = None):
         self.model, self.optimizer, self.scheduler, self.data = model, optimizer, scheduler, data
         self.forward_model = forward_model or model  # DDP- or torch.compile-wrapped view of ``model``
         self.optimizer_factory = optimizer_factory
@@ -64,6 +64,7 @@ class Trainer:
         self.closure_mode, self.on_nan = closure, on_nan
         self.checkpoint_every_n_steps, self.keep_last_k = checkpoint_every_n_steps, keep_last_k
         self.progress_bar, self.dist, self.monitor, self.config = progress_bar, dist, monitor, config or {}
+        self.tta_flip = tta_flip
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.needs_closure = getattr(optimizer, "requires_closure", False)
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -104,7 +105,8 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, loader=None) -> tuple[float, float]:
-        """Mean loss and accuracy over ``loader`` (all ranks' shares summed), no augmentation.
+        """Mean loss and accuracy over ``loader`` (all ranks' shares summed), no augmentation; with ``tta_flip``
+        the logits are the mean of the image's and its mirror image's.
 
         Runs the unwrapped model: weights are identical on every rank, and DDP's forward would sync buffers.
         """
@@ -116,6 +118,8 @@ class Trainer:
         for x, y in loader:
             with self.precision.autocast():
                 logits = self.model(x)
+                if self.tta_flip:
+                    logits = (logits + self.model(x.flip(3))) / 2
             totals += torch.stack([F.cross_entropy(logits.float(), y, reduction="sum").double(),
                                    (logits.argmax(1) == y).sum().double(), torch.tensor(len(y), device=self.device)])
         loss_sum, correct, count = all_reduce_sum(totals, self.dist).tolist()

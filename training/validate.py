@@ -164,7 +164,7 @@ def _value(cfg: DictConfig, key: str):
     try:
         value = OmegaConf.select(cfg, key, default=_MISSING, throw_on_missing=True)
     except OmegaConfBaseException as e:
-        raise ConfigError(f"{key} cannot be read ({str(e).splitlines()[0]}): allowed a value, "
+        raise ConfigError(f"{key} is invalid ({str(e).splitlines()[0]}): allowed a value, "
                           f"or an interpolation ${{...}} of a key that exists") from None
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
