@@ -62,11 +62,15 @@ class AirbenchNet(nn.Module):
         self.logit_scale, self.whiten_eps = logit_scale, whiten_eps
 
     @torch.no_grad()
-    def init_from_data(self, images: torch.Tensor) -> None:
-        """Set the whitening filters from normalised training images (N, C, H, W): for each eigenpair (l, v) of
-        the covariance of all 2x2 patches, the filters +-v / sqrt(l + eps)."""
+    def init_from_data(self, images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...],
+                       samples: int = 5000) -> None:
+        """Set the whitening filters from ``samples`` evenly spaced training images (uint8 (N, C, H, W), normalised
+        here with the loader's ``mean`` and ``std``): for each eigenpair (l, v) of the covariance of their 2x2
+        patches, the filters +-v / sqrt(l + eps)."""
         c, k = self.whiten.in_channels, self.whiten.kernel_size[0]
-        patches = images.float().unfold(2, k, 1).unfold(3, k, 1)  # (N, C, H-k+1, W-k+1, k, k)
+        x = images[::max(1, len(images) // samples)].float() / 255  # evenly spaced: folders are sorted by class
+        x = (x - x.new_tensor(mean).view(1, c, 1, 1)) / x.new_tensor(std).view(1, c, 1, 1)
+        patches = x.unfold(2, k, 1).unfold(3, k, 1)  # (N, C, H-k+1, W-k+1, k, k)
         patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, c * k * k)
         eigenvalues, eigenvectors = torch.linalg.eigh(patches.T @ patches / len(patches))
         filters = (eigenvectors.T / torch.sqrt(eigenvalues + self.whiten_eps)[:, None]).reshape(-1, c, k, k)

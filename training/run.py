@@ -50,6 +50,8 @@ def build_trainer(cfg: DictConfig, run_dir: str | Path) -> Trainer:
     data = instantiate(cfg.data)
     for loader in (data.train, data.val):
         loader.shard(env.rank, env.world_size).to(device, memory_format)
+    if hasattr(model, "init_from_data"):  # a data-dependent init (models.AirbenchNet's whitening layer)
+        model.init_from_data(data.train.images, data.mean, data.std)
     full_batch = getattr(optimizer, "requires_closure", False) and t.closure == "full_batch"
     steps_per_epoch = 1 if full_batch else len(data.train)
     if steps_per_epoch == 0:
@@ -71,7 +73,7 @@ def build_trainer(cfg: DictConfig, run_dir: str | Path) -> Trainer:
         keep_last_k=t.keep_last_k, progress_bar=progress, dist=env,
         forward_model=_compile(distributed.wrap_model(model, env, device), t.compile),
         optimizer_factory=lambda m: optimizers.build(cfg.optimizer, m),
-        monitor=instantiate(cfg.monitor)(logger) if "monitor" in cfg else None,
+        monitor=instantiate(cfg.monitor)(logger) if "monitor" in cfg else None, tta_flip=t.tta_flip,
         config={"resolved": OmegaConf.to_container(cfg, resolve=True), "hparams": hparams(cfg)})
 
 
