@@ -135,7 +135,8 @@ class Trainer:
                    disable=not self.progress_bar, leave=False, dynamic_ncols=True)
         full_batch = self.closure_mode == "full_batch" and self.needs_closure
         batches = [(None, None)][self.step_in_epoch:] if full_batch else loader  # resumed after its one step: none
-        started = time.perf_counter()
+        started = self._clock = time.perf_counter()
+        self._epoch_seconds = 0.0
         for x, y in batches:
             self._train_step(x, y)
             self.step_in_epoch += 1
@@ -144,7 +145,7 @@ class Trainer:
             if self.global_step % self.logger.log_every_n_steps == 0:
                 self._flush(bar, time.perf_counter() - started)
             if self._should_pause(stop_after_steps):
-                self._account_time(started)
+                self._account_time()
                 self._flush(bar, 0.0)
                 bar.close()
                 self.save_checkpoint()
@@ -153,7 +154,7 @@ class Trainer:
                 return None
             if self._max_steps_reached():
                 break
-        self._account_time(started)
+        self._account_time()
         self._flush(bar, 0.0)
         bar.close()
         loss_sum, correct, count = all_reduce_sum(self._acc.clone(), self.dist).tolist()
@@ -281,9 +282,12 @@ class Trainer:
     def _zero_accumulators(self) -> torch.Tensor:
         return torch.zeros(3, dtype=torch.float64, device=self.device)  # loss*n, correct, n
 
-    def _account_time(self, started: float) -> None:
-        self._epoch_seconds = time.perf_counter() - started
-        self.train_seconds += self._epoch_seconds
+    def _account_time(self) -> None:
+        """Add the time since the clock last started to the epoch's and the run's training time."""
+        now = time.perf_counter()
+        self._epoch_seconds += now - self._clock
+        self.train_seconds += now - self._clock
+        self._clock = now
 
     def _max_steps_reached(self) -> bool:
         return self.max_steps is not None and self.global_step >= self.max_steps
@@ -294,7 +298,9 @@ class Trainer:
         every = self.checkpoint_every_n_steps
         if every and self.global_step % every == 0 and self.step_in_epoch < len(self.data.train):
             self._flush(None, 0.0)
+            self._account_time()  # the checkpoint holds the training time so far; writing it is not training
             self.save_checkpoint()
+            self._clock = time.perf_counter()
         return False
 
     def _stop_requested(self) -> bool:

@@ -1,0 +1,93 @@
+"""experiment=cifar10_fast: the airbench net, its whitening init, flip test-time augmentation, the recipe."""
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+
+from conftest import CIFAR_FOLDER
+from models.airbench import AirbenchNet, ShiftBatchNorm
+from training.run import build_trainer, train
+
+
+def smooth_images(n: int = 256, size: int = 16) -> torch.Tensor:
+    """uint8 images whose neighbouring pixels and channels are strongly correlated."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(n, 1, size // 4, size // 4, generator=g)
+    x = F.interpolate(x, size=size, mode="bilinear") + 0.1 * torch.rand(n, 3, size, size, generator=g)
+    return (x / x.max() * 255).to(torch.uint8)
+
+
+def patch_covariance(model: AirbenchNet, x: torch.Tensor) -> torch.Tensor:
+    """Covariance of the whitening layer's first half of outputs (bias excluded) over all positions."""
+    out = F.conv2d(x, model.whiten.weight)[:, : model.whiten.out_channels // 2]
+    return out.permute(0, 2, 3, 1).reshape(-1, out.shape[1]).T.cov()
+
+
+def test_whitening_init_decorrelates_2x2_patches():
+    images = smooth_images()
+    mean, std = (0.5, 0.5, 0.5), (0.2, 0.2, 0.2)
+    model = AirbenchNet(whiten_eps=1e-8)
+    x = (images.float() / 255 - 0.5) / 0.2
+    assert (patch_covariance(model, x) - torch.eye(12)).abs().max() > 0.5  # before: far from white
+    model.init_from_data(images, mean, std, samples=len(images))
+    assert torch.allclose(patch_covariance(model, x), torch.eye(12), atol=1e-2)
+    assert torch.equal(model.whiten.weight[:12], -model.whiten.weight[12:])
+
+
+def test_shift_scale_speeds_up_sgd_by_its_square():
+    x = torch.randn(8, 4, 3, 3)
+    moved = []
+    for scale in (1.0, 8.0):
+        norm = ShiftBatchNorm(4, momentum=0.4, bias_scale=scale)
+        norm(x).sum().backward()
+        torch.optim.SGD(norm.parameters(), lr=0.01).step()
+        moved.append(norm.shift.detach() * scale)  # the effective shift after one step
+    assert torch.allclose(moved[1], 64 * moved[0])
+    assert not any(p.requires_grad for n, p in ShiftBatchNorm(4, 0.4, 8.0).named_parameters() if n != "shift")
+
+
+def test_airbench_net_size_and_output():
+    model = AirbenchNet()
+    assert sum(p.numel() for p in model.parameters()) == 1_971_640
+    assert not model.whiten.weight.requires_grad  # the whitening filters stay as initialised
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_recipe_schedule_matches_airbench(cfg):
+    c = cfg("experiment=cifar10_fast")
+    model = instantiate(c.model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=c.optimizer.lr)
+    schedule = instantiate(c.scheduler)(optimizer, steps_per_epoch=100, total_steps=1000)
+    lrs = [schedule.lr_at(t)[0] / c.optimizer.lr for t in (0, 229, 999)]
+    assert lrs == pytest.approx([0.2, 1.0, 0.07], abs=1e-3)  # warm up 23% from 0.2x, decay linearly to 0.07x
+
+
+@pytest.mark.needs_data
+def test_tta_flip_averages_the_logits_of_the_mirror_image(cfg, tmp_path):
+    trainer = build_trainer(cfg("model=cnn", "trainer.tta_flip=true", "trainer.precision=fp32"), tmp_path)
+    loss, acc = trainer.evaluate()
+    model, (x, y) = trainer.model.eval(), next(iter(trainer.data.val))
+    with torch.no_grad():
+        plain, mirrored = model(x), model(x.flip(3))
+    count = trainer.data.val.num_examples
+    assert len(y) == count and not torch.allclose(plain, mirrored)
+    logits = (plain + mirrored) / 2
+    assert loss == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)
+    assert acc == pytest.approx((logits.argmax(1) == y).float().mean().item())
+
+
+@pytest.mark.needs_data
+def test_build_trainer_whitens_the_first_layer_from_the_training_images(cfg, tmp_path):
+    trainer = build_trainer(cfg("model=airbench", "trainer.precision=fp32"), tmp_path)
+    model, data = trainer.model, trainer.data
+    x = (data.train.images.float() / 255 - data.mean[0]) / data.std[0]  # MNIST: one channel
+    assert torch.allclose(patch_covariance(model, x), torch.eye(4), atol=0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.needs_data
+@pytest.mark.skipif(not CIFAR_FOLDER.is_dir(), reason=f"no CIFAR-10 image folder at {CIFAR_FOLDER}")
+def test_fast_recipe_learns_a_cifar10_subset(cfg, tmp_path):
+    summary = train(cfg("experiment=cifar10_fast", f"data.root={CIFAR_FOLDER}", "data.train_subset=10240",
+                        "data.val_subset=2000", "data.batch_size=512", "trainer.epochs=4", "logger=none"), tmp_path)
+    assert summary["final_val_acc"] >= 0.75
