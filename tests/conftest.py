@@ -23,6 +23,18 @@ def compose_cfg(*overrides: str, tiny: bool = True):
         return compose("train", overrides=[*(TINY if tiny else []), *overrides])
 
 
+def read_mnist_once():
+    """For a test module: read MNIST and its channel statistics once, not once per build (same values)."""
+    import functools
+
+    import data
+    from data import sources
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(sources.SOURCES, "mnist", functools.cache(sources.SOURCES["mnist"]))
+        patch.setattr(data, "channel_stats", functools.cache(data.channel_stats))
+        yield
+
+
 @pytest.fixture
 def cfg():
     return compose_cfg

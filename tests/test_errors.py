@@ -1,7 +1,6 @@
 """Bad input through the real command line: ``python train.py ...`` prints one line on stderr saying what is
 wrong and what is allowed, exits 2, shows no traceback, and overwrites nothing. The processes of each group
 run side by side (each pays for importing torch), then every case is checked on its own."""
-import functools
 import os
 import subprocess
 import sys
@@ -10,9 +9,7 @@ import pytest
 import torch
 from hydra.errors import HydraException
 
-import data
-from conftest import DATA_ROOT, REPO, compose_cfg
-from data import sources
+from conftest import DATA_ROOT, REPO, compose_cfg, read_mnist_once
 from training import checkpoint
 from training.errors import exit_on_user_error, one_line
 from training.run import train
@@ -22,13 +19,7 @@ BASE = ("trainer.device=cpu", "trainer.sanity=skip", "trainer.progress_bar=false
         "scheduler=constant", "data.train_subset=256", "data.val_subset=128", "trainer.max_steps=2")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def mnist_once():
-    """In-process runs read MNIST and its channel statistics once for this file (same values)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(sources.SOURCES, "mnist", functools.cache(sources.SOURCES["mnist"]))
-        patch.setattr(data, "channel_stats", functools.cache(data.channel_stats))
-        yield
+mnist_once = pytest.fixture(autouse=True, scope="module")(read_mnist_once)
 
 
 def run_train_py(cases: dict[str, list[str]], parallel: int = 4) -> dict[str, subprocess.CompletedProcess]:

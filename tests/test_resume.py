@@ -4,7 +4,6 @@ every schedule, fp16 with its loss scaler, and from the periodic mid-epoch check
 
 A tiny MLP on 96 MNIST images (3 steps per epoch) keeps the whole matrix to seconds.
 """
-import functools
 import json
 import math
 
@@ -12,8 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-import data
-from data import sources
+from conftest import read_mnist_once
 from training import checkpoint
 from training.run import build_trainer
 
@@ -38,13 +36,7 @@ CASES = {
 NOT_COMPARED = {"config", "train_seconds"}  # the resumed run's config names its resume path; wall time
 
 
-@pytest.fixture(autouse=True, scope="module")
-def mnist_once():
-    """Read MNIST and its channel statistics once for this file instead of once per build (same values)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(sources.SOURCES, "mnist", functools.cache(sources.SOURCES["mnist"]))
-        patch.setattr(data, "channel_stats", functools.cache(data.channel_stats))
-        yield
+mnist_once = pytest.fixture(autouse=True, scope="module")(read_mnist_once)
 
 
 def assert_same(a, b, where="state"):
