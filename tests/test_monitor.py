@@ -58,6 +58,20 @@ def test_every_n_steps_it_records_each_layers_gradient_and_weight_norm(tmp_path)
     assert {"grad/head", "weight/layers.0.0"} <= set(acc.Tags()["histograms"])
 
 
+def test_histograms_are_written_on_their_own_sparser_cadence(tmp_path):
+    model = tiny_mlp()
+    monitor, logger = monitor_in(tmp_path, every_n_steps=2, histograms_every_n_steps=5)
+    for step in range(13):
+        backward(model, seed=step)
+        monitor.observe(model, step)
+    logger.close()
+    (events,) = (tmp_path / "tb").glob("events.out.tfevents.*")
+    acc = EventAccumulator(str(events), size_guidance={"histograms": 0})  # 0: keep every event, not a sample
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("grad_norm/head")] == [0, 2, 4, 6, 8, 10, 12]
+    assert [e.step for e in acc.Histograms("grad/head")] == [0, 6, 10]  # the first observed step of each 5
+
+
 def test_steps_between_observations_return_before_touching_the_model(tmp_path):
     monitor, _ = monitor_in(tmp_path, every_n_steps=10)
     monitor.observe(object(), 7)  # any use of the "model" would raise
@@ -66,7 +80,7 @@ def test_steps_between_observations_return_before_touching_the_model(tmp_path):
 
 def test_warns_once_a_layer_has_vanished_for_patience_observations_in_a_row(tmp_path, caplog):
     model = tiny_mlp()
-    monitor, _ = monitor_in(tmp_path, every_n_steps=1, patience=3, histograms=False)
+    monitor, _ = monitor_in(tmp_path, every_n_steps=1, patience=3, histograms_every_n_steps=0)
 
     def observe(step, first_layer_scale):
         backward(model)
@@ -87,7 +101,7 @@ def test_warns_once_a_layer_has_vanished_for_patience_observations_in_a_row(tmp_
 @pytest.mark.parametrize("scale,shown", [(1e9, "above monitor.explode_above=1000"), (float("nan"), "norm nan")])
 def test_exploding_or_non_finite_gradients_warn(tmp_path, caplog, scale, shown):
     model = tiny_mlp()
-    monitor, _ = monitor_in(tmp_path, every_n_steps=1, patience=2, histograms=False)
+    monitor, _ = monitor_in(tmp_path, every_n_steps=1, patience=2, histograms_every_n_steps=0)
     with caplog.at_level(logging.WARNING, logger="training.monitor"):
         for step in range(2):
             backward(model)
@@ -126,3 +140,5 @@ def test_off_writes_nothing_and_bad_options_name_the_key(tmp_path):
         GradientMonitor(RunLogger(tmp_path), patience=0)
     with pytest.raises(ConfigError, match=r"monitor.explode_above=1e-07 is invalid"):
         GradientMonitor(RunLogger(tmp_path), explode_above=1e-7)
+    with pytest.raises(ConfigError, match=r"monitor.histograms_every_n_steps=-1 is invalid: allowed an integer >= 0"):
+        GradientMonitor(RunLogger(tmp_path), histograms_every_n_steps=-1)

@@ -5,8 +5,9 @@ its trainable parameters, ‖g_layer‖ = sqrt(Σ_p ‖g_p‖²), likewise ‖w_
 ``observe`` every step after backward, unscaling and clipping (the gradients the optimizer will use);
 every ``every_n_steps`` steps the monitor takes every parameter's gradient and weight norm with one
 ``torch._foreach_norm`` each, sums squares into layers on the device and reads the result with one sync.
-It writes ``grad_norm/<layer>`` and ``weight_norm/<layer>`` scalars (``grad/<layer>`` and
-``weight/<layer>`` histograms when ``histograms``), appends a row to ``<run dir>/grad_norms.jsonl`` (the
+It writes ``grad_norm/<layer>`` and ``weight_norm/<layer>`` scalars (and ``grad/<layer>``, ``weight/<layer>``
+histograms at the first observation in each period of ``histograms_every_n_steps`` steps: a host copy of every tensor, ~40x the cost of the norms),
+appends a row to ``<run dir>/grad_norms.jsonl`` (the
 history ``analysis.gradient_flow`` draws), and logs a warning when a layer's gradient norm stays below
 ``vanish_below`` or above ``explode_above`` (or is not finite) for ``patience`` observations in a row.
 Only the process that writes (rank 0) observes: under DDP the gradients are already averaged over ranks.
@@ -67,14 +68,17 @@ def read_history(path: str | Path) -> GradientHistory:
 
 class GradientMonitor:
     def __init__(self, logger: RunLogger, *, every_n_steps: int = 50, vanish_below: float = 1e-6,
-                 explode_above: float = 1e3, patience: int = 3, histograms: bool = True):
+                 explode_above: float = 1e3, patience: int = 3, histograms_every_n_steps: int = 500):
         _require(isinstance(every_n_steps, int) and every_n_steps >= 0, "every_n_steps", every_n_steps,
                  "an integer >= 0 (0: off)")
+        _require(isinstance(histograms_every_n_steps, int) and histograms_every_n_steps >= 0,
+                 "histograms_every_n_steps", histograms_every_n_steps, "an integer >= 0 (0: off)")
         _require(vanish_below >= 0, "vanish_below", vanish_below, "a number >= 0")
         _require(explode_above > vanish_below, "explode_above", explode_above,
                  f"a number > monitor.vanish_below={vanish_below}")
         _require(isinstance(patience, int) and patience >= 1, "patience", patience, "an integer >= 1")
-        self.logger, self.every_n_steps, self.histograms = logger, every_n_steps, histograms
+        self.logger, self.every_n_steps, self.histograms_every_n_steps = logger, every_n_steps, histograms_every_n_steps
+        self._histogram_period: int | None = None  # step // histograms_every_n_steps when histograms were last written
         self.vanish_below, self.explode_above, self.patience = vanish_below, explode_above, patience
         self.history: GradientHistory | None = None
         self._params: list[nn.Parameter] = []
@@ -113,9 +117,13 @@ class GradientMonitor:
             path.write_text(json.dumps({"layers": self.history.layers, "kinds": self.history.kinds}) + "\n")
 
     def _write(self, step: int, grad: list[float], weight: list[float]) -> None:
+        period = step // self.histograms_every_n_steps if self.histograms_every_n_steps else None
+        histograms = period is not None and period != self._histogram_period  # the first observation of a period
+        if histograms:
+            self._histogram_period = period
         for layer, g, w, params in zip(self.history.layers, grad, weight, self._layer_params):
             self.logger.scalars({f"grad_norm/{layer}": g, f"weight_norm/{layer}": w}, step)
-            if self.histograms:
+            if histograms:
                 self.logger.histogram(f"weight/{layer}", torch.cat([p.detach().flatten() for p in params]), step)
                 if any(p.grad is not None for p in params):
                     self.logger.histogram(f"grad/{layer}", torch.cat([p.grad.flatten() for p in params

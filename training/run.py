@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 import optimizers
 from models import has_conv
 from training import checkpoint, distributed
+from training.compiling import maybe_compile
 from training.precision import Precision
 from training.trainer import Trainer
 from training.validate import validate
@@ -71,7 +72,7 @@ def build_trainer(cfg: DictConfig, run_dir: str | Path) -> Trainer:
         max_steps=t.max_steps, clip_mode=t.clip.mode, clip_max=t.clip.max, label_smoothing=t.label_smoothing,
         closure=t.closure, on_nan=t.on_nan, checkpoint_every_n_steps=t.checkpoint_every_n_steps,
         keep_last_k=t.keep_last_k, progress_bar=progress, dist=env,
-        forward_model=_compile(distributed.wrap_model(model, env, device), t.compile),
+        forward_model=maybe_compile(distributed.wrap_model(model, env, device), t.compile),
         optimizer_factory=lambda m: optimizers.build(cfg.optimizer, m),
         monitor=instantiate(cfg.monitor)(logger) if "monitor" in cfg else None, tta_flip=t.tta_flip,
         config={"resolved": OmegaConf.to_container(cfg, resolve=True), "hparams": hparams(cfg)})
@@ -124,16 +125,6 @@ def choose_precision(name: str, device: torch.device) -> str:
 
 def _channels_last(setting, model) -> bool:
     return has_conv(model) if setting == "auto" else bool(setting)
-
-
-def _compile(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
-    if not enabled:
-        return model
-    try:
-        return torch.compile(model)
-    except Exception as e:  # no compiler toolchain, unsupported platform...
-        log.warning("trainer.compile=true but torch.compile failed (%s); running eagerly", str(e).splitlines()[0])
-        return model
 
 
 def hparams(cfg: DictConfig) -> dict:
