@@ -84,6 +84,13 @@ class BatchLoader:
             idx = order[local]
             yield self._make_batch(idx, dy[local], dx[local], flip[local]), self.labels[idx]
 
+    def sample(self, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` examples (all if fewer) chosen by a fixed permutation, not augmented: a sample of every class
+        even when the dataset is stored class by class (an image folder)."""
+        idx = torch.randperm(self.num_examples, generator=torch.Generator().manual_seed(seed))[:n]
+        idx = idx.sort().values.to(self.images.device)
+        return self._normalise(self.images[idx]), self.labels[idx]
+
     def _epoch_plan(self):
         n, p, device = self.num_examples, self.crop_padding, self.images.device
         gen = epoch_generator(self.seed, self.epoch)
@@ -97,6 +104,10 @@ class BatchLoader:
         x = self.images[idx]  # (B, C, H, W) uint8
         if self.crop_padding or self.flip:
             x = self._crop_and_flip(x, dy, dx, flip)
+        return self._normalise(x)
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 -> float32 (x - 255 mean) / (255 std), in the loader's memory format."""
         x = x.to(torch.float32, memory_format=self.memory_format)
         return x.sub_(self._mean).mul_(self._inv_std)
 

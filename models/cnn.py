@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from models.init import init_weights
-from models.layers import activation as make_activation
+from models.layers import Float32Linear, activation as make_activation
 
 
 class CNN(nn.Module):
@@ -24,10 +24,10 @@ class CNN(nn.Module):
             blocks.append(nn.Sequential(*layers, nn.MaxPool2d(2)))
             width = out
         self.blocks = nn.Sequential(*blocks)
-        self.head = nn.Linear(width, num_classes)
+        self.head = Float32Linear(width, num_classes)
         init_weights(self, init)
         self.sync_bn = sync_bn  # read by training.distributed.wrap_model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks(x)  # (B, C, H/8, W/8)
-        return self.head(x.mean((2, 3)))  # (B, num_classes)
+        return self.head(x.float().mean((2, 3)))  # (B, num_classes): pooled and classified in float32

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from models.init import init_weights
-from models.layers import activation as make_activation
+from models.layers import Float32Linear, activation as make_activation
 
 
 class MLP(nn.Module):
@@ -28,7 +28,7 @@ class MLP(nn.Module):
             block += [make_activation(activation)]
             block += [nn.Dropout(dropout)] if dropout else []
             self.layers.append(nn.Sequential(*block))
-        self.head = nn.Linear(widths[-1], num_classes)
+        self.head = Float32Linear(widths[-1], num_classes)
         init_weights(self, init)
         self.sync_bn = sync_bn  # read by training.distributed.wrap_model
 

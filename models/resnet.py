@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.init import init_weights
-from models.layers import activation as make_activation
+from models.layers import Float32Linear, activation as make_activation
 
 
 class PadShortcut(nn.Module):
@@ -76,11 +76,11 @@ class ResNet(nn.Module):
                 cin = cout
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = stages
-        self.fc = nn.Linear(cin, num_classes)
+        self.fc = Float32Linear(cin, num_classes)
         init_weights(self, init)
         self.sync_bn = sync_bn  # read by training.distributed.wrap_model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self.bn1(self.conv1(x)))  # (B, 16, 32, 32)
         x = self.layer3(self.layer2(self.layer1(x)))  # (B, 64, 8, 8)
-        return self.fc(x.mean((2, 3)))  # (B, num_classes)
+        return self.fc(x.float().mean((2, 3)))  # (B, num_classes): pooled and classified in float32

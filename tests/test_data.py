@@ -41,6 +41,15 @@ def test_normalisation_uses_the_given_mean_and_std():
     torch.testing.assert_close(x, expected)
 
 
+def test_sample_spans_a_dataset_stored_class_by_class_and_is_not_augmented():
+    loader = make_loader(n=1000, crop_padding=2, flip=True)  # labels = the example's index
+    x, index = loader.sample(200)
+    assert torch.equal(index, loader.sample(200)[1]) and len(index.unique()) == 200  # a fixed sample
+    classes = index // 100  # stored class by class, like an image folder: the first 200 are classes 0 and 1
+    assert classes.bincount(minlength=10).min() >= 10
+    torch.testing.assert_close(x, (loader.images[index].float() / 255 - 0.5) / 0.25)  # no crop, no flip
+
+
 def test_crop_and_flip_match_a_per_image_reference():
     loader = make_loader(n=32, crop_padding=2, flip=True)
     loader.set_epoch(0)

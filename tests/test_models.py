@@ -24,6 +24,15 @@ def test_every_model_config_builds_from_the_data_config(cfg, name, data):
     assert model(x).shape == (3, c.data.num_classes)
 
 
+@pytest.mark.parametrize("model", [MLP(in_channels=3, image_size=8, num_classes=10, hidden_sizes=[16]),
+                                   CNN(in_channels=3, num_classes=10, channels=[8, 8]), ResNet(depth=8)])
+def test_the_classifier_head_runs_in_float32_under_bf16_autocast(model):
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(torch.randn(4, 3, 8, 8))
+        features = torch.nn.Linear(3, 3)(torch.randn(2, 3))
+    assert features.dtype == torch.bfloat16 and logits.dtype == torch.float32
+
+
 def test_resnet_switches():
     plain = ResNet(depth=20, skip=False)
     no_bn = ResNet(depth=20, batch_norm=False)

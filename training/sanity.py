@@ -2,8 +2,8 @@
 
 ``run_checks(trainer, **options)`` runs them on throw-away copies of the model and optimizer (the run
 starts from the untouched initial weights) with the run's criterion, precision and clipping. ``batch`` is
-the run's first training batch (augmented as in training); ``held-out`` the first ``heldout_samples``
-validation examples (never augmented).
+the run's first training batch (augmented as in training); ``held-out`` ``heldout_samples`` validation
+examples drawn by a fixed permutation (never augmented: an image folder stores its examples class by class).
 
 1. data           labels in [0, C); inputs finite; the held-out inputs normalised: per channel
                   |mean| <= data_mean_tol and |std - 1| <= data_std_tol.
@@ -118,7 +118,7 @@ def run_checks(trainer, **options) -> SanityReport:
     opts = SanityOptions.parse(options)
     data = trainer.data
     batch = _take(data.train, max(opts.overfit_samples, data.train.batch_size))
-    heldout = _take(data.val, opts.heldout_samples)
+    heldout = data.val.sample(opts.heldout_samples)
     run = {
         "data": lambda: check_data({"train": batch[0], "held-out": heldout[0]},
                                    {"train": data.train.labels, "val": data.val.labels}, data.num_classes,
