@@ -27,8 +27,8 @@ FIGURE = "gradient_flow"
 
 
 def weight_layers(history: GradientHistory) -> list[int]:
-    """Indices of the Linear/Conv layers (every layer when there are none)."""
-    found = [i for i, kind in enumerate(history.kinds) if kind.startswith(("Linear", "Conv"))]
+    """Indices of the Linear/Conv layers, Float32Linear heads included (every layer when there are none)."""
+    found = [i for i, kind in enumerate(history.kinds) if kind.endswith("Linear") or kind.startswith("Conv")]
     return found or list(range(len(history.layers)))
 
 

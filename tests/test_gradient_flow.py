@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from analysis.gradient_flow import GradientFlowFigure, draw, main
+from analysis.gradient_flow import GradientFlowFigure, draw, main, weight_layers
 from conftest import DATA_ROOT, REPO
 from models import MLP
 from training.logger import RunLogger
-from training.monitor import HISTORY_FILE, GradientMonitor
+from training.monitor import HISTORY_FILE, GradientHistory, GradientMonitor
 
 DEPTH_20 = [64] * 19  # 19 hidden layers and the head: 20 weight layers
 
@@ -51,6 +51,11 @@ def monitored_run(run_dir, activation, batch_norm, steps=3):
         monitor.observe(model, step)
         optimizer.step()
     return monitor.history
+
+
+def test_the_figure_draws_the_linear_and_conv_layers_float32_head_included():
+    history = GradientHistory(["conv", "bn", "fc1", "head"], ["Conv2d", "BatchNorm2d", "Linear", "Float32Linear"])
+    assert weight_layers(history) == [0, 2, 3]
 
 
 def test_figure_for_a_run_and_for_a_sweep(tmp_path, capsys):

@@ -43,7 +43,7 @@ def test_every_n_steps_it_records_each_layers_gradient_and_weight_norm(tmp_path)
     logger.close()
     history = monitor.history
     assert history.layers == ["layers.0.0", "layers.0.1", "layers.1.0", "layers.1.1", "head"]
-    assert history.kinds == ["Linear", "BatchNorm1d", "Linear", "BatchNorm1d", "Linear"]
+    assert history.kinds == ["Linear", "BatchNorm1d", "Linear", "BatchNorm1d", "Float32Linear"]
     assert history.steps == [0, 2, 4]
     bn = model.layers[1][1]  # the last observation's gradients are still in place
     assert history.grad_norms[-1][3] == pytest.approx(torch.cat([bn.weight.grad, bn.bias.grad]).norm().item())
