@@ -6,9 +6,9 @@ its trainable parameters, ‖g_layer‖ = sqrt(Σ_p ‖g_p‖²), likewise ‖w_
 every ``every_n_steps`` steps the monitor takes every parameter's gradient and weight norm with one
 ``torch._foreach_norm`` each, sums squares into layers on the device and reads the result with one sync.
 It writes ``grad_norm/<layer>`` and ``weight_norm/<layer>`` scalars (and ``grad/<layer>``, ``weight/<layer>``
-histograms at the first observation in each period of ``histograms_every_n_steps`` steps: a host copy of every tensor, ~40x the cost of the norms),
-appends a row to ``<run dir>/grad_norms.jsonl`` (the
-history ``analysis.gradient_flow`` draws), and logs a warning when a layer's gradient norm stays below
+histograms at the first observation in each period of ``histograms_every_n_steps`` steps: a host copy of every
+tensor, ~40x the cost of the norms), appends a row to ``<run dir>/grad_norms.jsonl`` (the history
+``analysis.gradient_flow`` draws), and logs a warning when a layer's gradient norm stays below
 ``vanish_below`` or above ``explode_above`` (or is not finite) for ``patience`` observations in a row.
 Only the process that writes (rank 0) observes: under DDP the gradients are already averaged over ranks.
 """
@@ -77,8 +77,9 @@ class GradientMonitor:
         _require(explode_above > vanish_below, "explode_above", explode_above,
                  f"a number > monitor.vanish_below={vanish_below}")
         _require(isinstance(patience, int) and patience >= 1, "patience", patience, "an integer >= 1")
-        self.logger, self.every_n_steps, self.histograms_every_n_steps = logger, every_n_steps, histograms_every_n_steps
-        self._histogram_period: int | None = None  # step // histograms_every_n_steps when histograms were last written
+        self.logger, self.every_n_steps = logger, every_n_steps
+        self.histograms_every_n_steps = histograms_every_n_steps
+        self._histogram_period: int | None = None  # step // histograms_every_n_steps at the last histograms
         self.vanish_below, self.explode_above, self.patience = vanish_below, explode_above, patience
         self.history: GradientHistory | None = None
         self._params: list[nn.Parameter] = []
