@@ -37,6 +37,16 @@ def test_mlp_learns_mnist_subset(cfg, tmp_path):
     assert summary["final_val_acc"] > 0.85
 
 
+def test_val_every_n_epochs_evaluates_every_nth_and_the_last_epoch(cfg, tmp_path):
+    summary = train(cfg("trainer.epochs=5", "trainer.val_every_n_epochs=2", "data.train_subset=128"), tmp_path)
+    records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if "val_acc" in r] == [2, 4, 5]
+    assert all("val_loss" not in r for r in records if r["epoch"] in (1, 3))
+    assert summary["final_val_acc"] == records[-1]["val_acc"]
+    assert summary["best_val_acc"] == max(r["val_acc"] for r in records if "val_acc" in r)
+    assert [e.step for e in tags(tmp_path).Scalars("val/acc")] == [r["global_step"] for r in records if "val_acc" in r]
+
+
 def weights(model_state):
     return torch.cat([v.flatten().double() for v in model_state.values()])
 

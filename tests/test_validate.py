@@ -118,6 +118,7 @@ def test_every_shipped_option_is_valid(model, optimizer, schedule):
 @pytest.mark.parametrize("override,message", [
     ("trainer.epochs=abc", "trainer.epochs='abc' is invalid: allowed an integer >= 1"),
     ("trainer.epochs=0", "trainer.epochs=0 is invalid: allowed an integer >= 1"),
+    ("trainer.val_every_n_epochs=0", "trainer.val_every_n_epochs=0 is invalid: allowed an integer >= 1"),
     ("optimizer.lr=-0.1", "optimizer.lr=-0.1 is invalid: allowed a number >= 0"),
     ("optimizer.momentum=1.0", "optimizer.momentum=1.0 is invalid: allowed a number in [0, 1)"),
     ("optimizer.betas=[0.9,1.0]", "optimizer.betas=[0.9, 1.0] is invalid: allowed a list of 2 items, each a number in [0, 1)"),

@@ -20,7 +20,7 @@ from training.compiling import maybe_compile
 from training.precision import Precision
 from training.trainer import Trainer
 from training.validate import validate
-from utils.device import auto_precision, cpu_has_native_bf16, resolve_device
+from utils.device import BF16_FLAGS, auto_precision, cpu_bf16_instructions, resolve_device
 from utils.seed import seed_everything
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,7 @@ def build_trainer(cfg: DictConfig, run_dir: str | Path) -> Trainer:
         forward_model=maybe_compile(distributed.wrap_model(model, env, device), t.compile),
         optimizer_factory=lambda m: optimizers.build(cfg.optimizer, m),
         monitor=instantiate(cfg.monitor)(logger) if "monitor" in cfg else None, tta_flip=t.tta_flip,
+        val_every_n_epochs=t.val_every_n_epochs,
         config={"resolved": OmegaConf.to_container(cfg, resolve=True), "hparams": hparams(cfg)})
 
 
@@ -118,8 +119,9 @@ def choose_precision(name: str, device: torch.device) -> str:
         return name
     chosen = auto_precision(device)
     if device.type == "cpu":
-        log.info("precision auto -> %s: this CPU %s bf16 matrix instructions (AVX512-BF16/AMX)",
-                 chosen, "has" if cpu_has_native_bf16() else "lacks")
+        found = cpu_bf16_instructions()
+        log.info("precision auto -> %s: this CPU %s", chosen,
+                 f"has {', '.join(found)}" if found else f"has none of {', '.join(BF16_FLAGS)}")
     return chosen
 
 

@@ -54,7 +54,8 @@ class Trainer:
                  checkpoint_every_n_steps: int | None = None, keep_last_k: int = 1,
                  progress_bar: bool = False, dist: DistEnv = DistEnv(), forward_model: nn.Module | None = None,
                  optimizer_factory: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
-                 monitor=None, tta_flip: bool = False, config: dict | None = None):
+                 monitor=None, tta_flip: bool = False, val_every_n_epochs: int = 1,
+                 config: dict | None = None):
         self.model, self.optimizer, self.scheduler, self.data = model, optimizer, scheduler, data
         self.forward_model = forward_model or model  # DDP- or torch.compile-wrapped view of ``model``
         self.optimizer_factory = optimizer_factory
@@ -64,7 +65,7 @@ class Trainer:
         self.closure_mode, self.on_nan = closure, on_nan
         self.checkpoint_every_n_steps, self.keep_last_k = checkpoint_every_n_steps, keep_last_k
         self.progress_bar, self.dist, self.monitor, self.config = progress_bar, dist, monitor, config or {}
-        self.tta_flip = tta_flip
+        self.tta_flip, self.val_every_n_epochs = tta_flip, val_every_n_epochs
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.needs_closure = getattr(optimizer, "requires_closure", False)
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -97,8 +98,7 @@ class Trainer:
                     train_metrics = self._train_epoch(stop_after_steps)
                     if train_metrics is None:  # paused mid-epoch, checkpoint written
                         return self.summary(finished=False)
-                    val_loss, val_acc = self.evaluate()
-                    self._end_epoch(train_metrics, val_loss, val_acc)
+                    self._end_epoch(train_metrics, self.evaluate() if self._validates_this_epoch() else None)
                 return self._finish()
             finally:
                 self.logger.close()
@@ -249,20 +249,28 @@ class Trainer:
                             img_s=f"{self.step_in_epoch * self.data.train.global_batch_size / seconds:.0f}",
                             refresh=False)
 
-    def _end_epoch(self, train: dict, val_loss: float, val_acc: float) -> None:
+    def _validates_this_epoch(self) -> bool:
+        """Evaluate after every ``val_every_n_epochs``-th epoch and after the last (by epochs or max_steps)."""
+        done = self.epoch + 1
+        return done % self.val_every_n_epochs == 0 or done >= self.epochs or self._max_steps_reached()
+
+    def _end_epoch(self, train: dict, val: tuple[float, float] | None) -> None:
+        """Record the epoch (val_loss, val_acc only when ``val`` was measured) and checkpoint it."""
         self.epoch += 1
         self.step_in_epoch = 0
-        record = {"epoch": self.epoch, **train, "val_loss": val_loss, "val_acc": val_acc,
-                  "lr": self.optimizer.param_groups[0]["lr"], "epoch_time": self._epoch_seconds,
-                  "global_step": self.global_step}
-        self.logger.epoch(record)
-        self.logger.scalars({"val/loss": val_loss, "val/acc": val_acc, "train/epoch_loss": train["train_loss"],
-                             "train/epoch_acc": train["train_acc"]}, self.global_step)
-        log.info("epoch %d: train_loss %.4f train_acc %.4f val_loss %.4f val_acc %.4f (%.1fs)", self.epoch,
-                 train["train_loss"], train["train_acc"], val_loss, val_acc, self._epoch_seconds)
-        improved = val_acc > self.best_val_acc
-        self.best_val_acc = max(self.best_val_acc, val_acc)
-        self.final_val_acc = val_acc
+        scores = {} if val is None else {"val_loss": val[0], "val_acc": val[1]}
+        self.logger.epoch({"epoch": self.epoch, **train, **scores, "lr": self.optimizer.param_groups[0]["lr"],
+                           "epoch_time": self._epoch_seconds, "global_step": self.global_step})
+        scalars = {"train/epoch_loss": train["train_loss"], "train/epoch_acc": train["train_acc"]}
+        if val is not None:
+            scalars.update({"val/loss": val[0], "val/acc": val[1]})
+        self.logger.scalars(scalars, self.global_step)
+        log.info("epoch %d: train_loss %.4f train_acc %.4f%s (%.1fs)", self.epoch, train["train_loss"],
+                 train["train_acc"], "".join(f" {k} {v:.4f}" for k, v in scores.items()), self._epoch_seconds)
+        improved = val is not None and val[1] > self.best_val_acc
+        if val is not None:
+            self.best_val_acc = max(self.best_val_acc, val[1])
+            self.final_val_acc = val[1]
         self.save_checkpoint(best=improved)
 
     def _finish(self) -> dict:

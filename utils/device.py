@@ -13,17 +13,20 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU has bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 autocast pays off."""
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # AMX tiles (Sapphire Rapids on), AVX-512 dot products (Cooper Lake, Zen 4)
+
+
+def cpu_bf16_instructions(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
+    """The bf16 matrix instructions this CPU has (of ``BF16_FLAGS``), where bf16 autocast pays off."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        flags = set(cpuinfo.read_text().split())
     except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        return []
+    return [flag for flag in BF16_FLAGS if flag in flags]
 
 
 def auto_precision(device: torch.device) -> str:
     """The fastest safe precision: bf16 where the hardware computes it natively, else fp32."""
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_has_native_bf16() else "fp32"
+    return "bf16" if cpu_bf16_instructions() else "fp32"
