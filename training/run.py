@@ -74,7 +74,7 @@ def build_trainer(cfg: DictConfig, run_dir: str | Path) -> Trainer:
         keep_last_k=t.keep_last_k, progress_bar=progress, dist=env,
         forward_model=maybe_compile(distributed.wrap_model(model, env, device), t.compile),
         optimizer_factory=lambda m: optimizers.build(cfg.optimizer, m),
-        monitor=instantiate(cfg.monitor)(logger) if "monitor" in cfg else None, tta_flip=t.tta_flip,
+        monitor=instantiate(cfg.monitor)(logger) if "monitor" in cfg else None, tta=t.tta,
         val_every_n_epochs=t.val_every_n_epochs,
         config={"resolved": OmegaConf.to_container(cfg, resolve=True), "hparams": hparams(cfg)})
 

@@ -54,7 +54,7 @@ class Trainer:
                  checkpoint_every_n_steps: int | None = None, keep_last_k: int = 1,
                  progress_bar: bool = False, dist: DistEnv = DistEnv(), forward_model: nn.Module | None = None,
                  optimizer_factory: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
-                 monitor=None, tta_flip: bool = False, val_every_n_epochs: int = 1,
+                 monitor=None, tta: str = "none", val_every_n_epochs: int = 1,
                  config: dict | None = None):
         self.model, self.optimizer, self.scheduler, self.data = model, optimizer, scheduler, data
         self.forward_model = forward_model or model  # DDP- or torch.compile-wrapped view of ``model``
@@ -65,7 +65,7 @@ class Trainer:
         self.closure_mode, self.on_nan = closure, on_nan
         self.checkpoint_every_n_steps, self.keep_last_k = checkpoint_every_n_steps, keep_last_k
         self.progress_bar, self.dist, self.monitor, self.config = progress_bar, dist, monitor, config or {}
-        self.tta_flip, self.val_every_n_epochs = tta_flip, val_every_n_epochs
+        self.tta, self.val_every_n_epochs = tta, val_every_n_epochs
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.needs_closure = getattr(optimizer, "requires_closure", False)
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -105,8 +105,7 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, loader=None) -> tuple[float, float]:
-        """Mean loss and accuracy over ``loader`` (all ranks' shares summed), no augmentation; with ``tta_flip``
-        the logits are the mean of the image's and its mirror image's.
+        """Mean loss and accuracy over ``loader`` (all ranks' shares summed), no augmentation but ``tta``'s.
 
         Runs the unwrapped model: weights are identical on every rank, and DDP's forward would sync buffers.
         """
@@ -117,14 +116,27 @@ class Trainer:
         loader.set_epoch(0)
         for x, y in loader:
             with self.precision.autocast():
-                logits = self.model(x)
-                if self.tta_flip:
-                    logits = (logits + self.model(x.flip(3))) / 2
+                logits = self._test_time_logits(x)
             totals += torch.stack([F.cross_entropy(logits.float(), y, reduction="sum").double(),
                                    (logits.argmax(1) == y).sum().double(), torch.tensor(len(y), device=self.device)])
         loss_sum, correct, count = all_reduce_sum(totals, self.dist).tolist()
         self.model.train()
         return loss_sum / count, correct / count
+
+    def _test_time_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits under test-time augmentation (airbench's levels). ``none``: f(x). ``flip``: m(x) = (f(x) +
+        f(mirror x)) / 2. ``flip_translate``: m(x) / 2 + (m(x shifted 1 px down-right) + m(x shifted 1 px
+        up-left)) / 4, the shifts filling the vacated edge by reflection."""
+        if self.tta == "none":
+            return self.model(x)
+
+        def mirrored(v):
+            return (self.model(v) + self.model(v.flip(3))) / 2
+
+        if self.tta == "flip":
+            return mirrored(x)
+        padded, (h, w) = F.pad(x, (1, 1, 1, 1), mode="reflect"), x.shape[2:]
+        return mirrored(x) / 2 + (mirrored(padded[:, :, :h, :w]) + mirrored(padded[:, :, 2:, 2:])) / 4
 
     # ------------------------------------------------------------------------------- the loop
     def _train_epoch(self, stop_after_steps: int | None) -> dict | None:

@@ -75,6 +75,7 @@ RULES: dict[str, Rule] = {
     "trainer.clip.mode": _one_of("none", "norm", "value", "agc"),
     "trainer.clip.max": _number(0, lo_open=True),
     "trainer.label_smoothing": _number(0, 1, hi_open=True),
+    "trainer.tta": _one_of("none", "flip", "flip_translate"),
     "trainer.val_every_n_epochs": _int(1),
     "trainer.channels_last": _BOOL_OR_AUTO,
     "trainer.compile": _BOOL,
