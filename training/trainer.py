@@ -273,16 +273,16 @@ class Trainer:
         scores = {} if val is None else {"val_loss": val[0], "val_acc": val[1]}
         self.logger.epoch({"epoch": self.epoch, **train, **scores, "lr": self.optimizer.param_groups[0]["lr"],
                            "epoch_time": self._epoch_seconds, "global_step": self.global_step})
-        scalars = {"train/epoch_loss": train["train_loss"], "train/epoch_acc": train["train_acc"]}
-        if val is not None:
-            scalars.update({"val/loss": val[0], "val/acc": val[1]})
-        self.logger.scalars(scalars, self.global_step)
         log.info("epoch %d: train_loss %.4f train_acc %.4f%s (%.1fs)", self.epoch, train["train_loss"],
                  train["train_acc"], "".join(f" {k} {v:.4f}" for k, v in scores.items()), self._epoch_seconds)
-        improved = val is not None and val[1] > self.best_val_acc
+        scalars = {"train/epoch_loss": train["train_loss"], "train/epoch_acc": train["train_acc"]}
+        improved = False
         if val is not None:
+            scalars.update({"val/loss": val[0], "val/acc": val[1]})
+            improved = val[1] > self.best_val_acc
             self.best_val_acc = max(self.best_val_acc, val[1])
             self.final_val_acc = val[1]
+        self.logger.scalars(scalars, self.global_step)
         self.save_checkpoint(best=improved)
 
     def _finish(self) -> dict:
