@@ -10,14 +10,23 @@ class DatasetNotFoundError(FileNotFoundError):
     """The dataset is not where the config says; the message says where we looked and what to do."""
 
 
+# Where each torchvision dataset keeps its files under data.root.
+LAYOUT = {"MNIST": "MNIST/raw/", "FashionMNIST": "FashionMNIST/raw/", "CIFAR10": "cifar-10-batches-py/"}
+
+
 def _torchvision(cls, name: str, root: str, train: bool, download: bool):
     try:
         return cls(root=root, train=train, download=download)
     except RuntimeError as e:
-        hint = "set data.download=true (needs network)" if not download else f"download failed: {e}"
+        layout = LAYOUT[cls.__name__]
+        if download:
+            raise DatasetNotFoundError(f"{name} download into {Path(root).resolve()} failed: {e}") from None
         raise DatasetNotFoundError(
-            f"{name} not found under data.root={root!r} (looked in {Path(root) / cls.__name__}); "
-            f"point data.root at a folder holding {cls.__name__}/ in torchvision's layout, or {hint}") from None
+            f"{name} not found: no {layout} under data.root={root!r} ({Path(root).resolve() / layout}); "
+            f"set data.root=<folder holding {layout}>, or export DATA_ROOT=<that folder> (the default root; "
+            f"without it ../shared/data), or data.download=true (needs network)"
+            + (" (an image-folder copy of CIFAR-10 with train/ and test/ is read by data=cifar10_folder)"
+               if cls.__name__ == "CIFAR10" else "")) from None
 
 
 def load_mnist(root: str, train: bool, download: bool = False):
@@ -43,8 +52,9 @@ def load_image_folder(root: str, train: bool, download: bool = False):
     split = Path(root) / ("train" if train else "test")
     if not split.is_dir():
         raise DatasetNotFoundError(
-            f"image folder {split} does not exist; point data.root at a folder with train/ and test/ "
-            f"subfolders holding one folder of images per class")
+            f"image folder not found: no {split.name}/ under data.root={root!r} ({split.resolve()}); set "
+            f"data.root=<folder holding train/<class>/*.jpg and test/<class>/*.jpg>, or export DATA_ROOT=<folder> "
+            f"(data=cifar10_folder reads $DATA_ROOT/cifar10-jpeg75; without it ../shared/data/cifar10-jpeg75)")
     samples = torchvision.datasets.ImageFolder(str(split)).samples  # [(path, class_index)], sorted
     images = torch.stack([decode_image(read_file(path), mode=ImageReadMode.RGB) for path, _ in samples])
     return images, torch.tensor([label for _, label in samples], dtype=torch.long)

@@ -100,10 +100,14 @@ def test_mnist_loads_with_its_own_statistics():
     assert x.shape == (1000 if len(y) == 1000 else len(y), 1, 28, 28) and 0 <= y.min() and y.max() <= 9
 
 
-def test_missing_dataset_names_where_it_looked(tmp_path):
-    with pytest.raises(data.DatasetNotFoundError, match=str(tmp_path)):
-        data.build(source="mnist", root=str(tmp_path), num_classes=10, in_channels=1, image_size=28)
-    with pytest.raises(data.DatasetNotFoundError, match="train/ and test/"):
+def test_missing_dataset_names_where_it_looked_and_every_way_to_point_at_it(tmp_path):
+    for source, layout in (("mnist", "MNIST/raw/"), ("cifar10", "cifar-10-batches-py/")):
+        with pytest.raises(data.DatasetNotFoundError) as error:
+            data.build(source=source, root=str(tmp_path), num_classes=10, in_channels=1, image_size=28)
+        message = str(error.value)
+        assert f"no {layout} under data.root='{tmp_path}'" in message and str(tmp_path / layout.rstrip("/")) in message
+        assert all(way in message for way in ("data.root=", "DATA_ROOT", "data.download=true"))
+    with pytest.raises(data.DatasetNotFoundError, match="train/<class>/.* and test/<class>/.*DATA_ROOT"):
         data.build(source="image_folder", root=str(tmp_path), num_classes=10, in_channels=3, image_size=32)
 
 

@@ -193,8 +193,9 @@ def _check_combinations(cfg: DictConfig) -> None:
                           f"allowed a number in [0, {lr}]")
     root, download = _value(cfg, "data.root"), _value(cfg, "data.download")
     if isinstance(root, str) and download is False and not Path(root).is_dir():
-        raise ConfigError(f"data.root={root!r} is invalid: no such folder; allowed a folder holding the dataset "
-                          f"(torchvision's layout), or data.download=true")
+        raise ConfigError(f"data.root={root!r} is invalid: no such folder ({Path(root).resolve()}); allowed a folder "
+                          f"holding the dataset: set data.root=<folder>, or export DATA_ROOT=<folder> (the default "
+                          f"root; without it ../shared/data), or data.download=true")
 
 
 def check_output_dir(path: str | Path) -> None:
