@@ -49,6 +49,8 @@ class ConvGroup(nn.Module):
 
 
 class AirbenchNet(nn.Module):
+    frozen_parameters = ("whiten.weight",)  # set from the data, never trained (the sanity checks expect no gradient)
+
     def __init__(self, *, in_channels: int = 3, num_classes: int = 10, widths: tuple[int, int, int] = (64, 256, 256),
                  bn_momentum: float = 0.4, bias_scale: float = 8.0, logit_scale: float = 1 / 9,
                  whiten_eps: float = 5e-4):

@@ -207,3 +207,27 @@ def test_sanity_check_script_passes_on_mnist_and_names_overfit_with_lr_zero(tmp_
     assert broken.returncode == 1
     assert "overfit        FAIL" in broken_out
     assert broken_err.strip().splitlines()[-1].startswith("error: sanity check failed: overfit: training accuracy")
+
+
+def test_a_slow_start_passes_loss_decrease_and_divergence_is_named_as_overshooting(cfg, synthetic, tmp_path):
+    """Plain SGD at a small LR moves the held-out loss by under 5% in 20 steps: slow, not broken. At lr 10 the
+    loss explodes: both checks say so, never "too small"."""
+    checks = "sanity.checks=[overfit,loss_decrease]"
+    slow, options = trainer_for(cfg, synthetic, tmp_path / "slow", "optimizer=sgd", "optimizer.lr=0.001", checks)
+    decrease = slow.sanity_check(**options).results[1]
+    assert decrease.passed and "a slow start" in decrease.message, decrease.message
+    assert 0 < 1 - decrease.numbers["heldout_after"] / decrease.numbers["heldout_before"] < 0.05
+    fast, options = trainer_for(cfg, synthetic, tmp_path / "fast", "optimizer=sgd", "optimizer.lr=10", checks)
+    overfit, decrease = fast.sanity_check(**options).results
+    assert not overfit.passed and "overshoot (learning rate too large?)" in overfit.message
+    assert overfit.numbers["peak_loss"] > 2 * overfit.numbers["first_loss"]
+    assert not decrease.passed and "too large?" in decrease.message and "small" not in decrease.message
+
+
+def test_parameters_the_model_freezes_on_purpose_pass_gradient_flow(cfg, synthetic, tmp_path):
+    trainer, options = trainer_for(cfg, synthetic, tmp_path, "model=airbench", "model.widths=[8,16,16]",
+                                   "sanity.checks=[gradient_flow]", dataset="cifar10")
+    assert not trainer.model.whiten.weight.requires_grad
+    result = trainer.sanity_check(**options).results[0]
+    assert result.passed, result.message
+    assert next(l for l in result.details.splitlines() if l.startswith("whiten ")).endswith("ok")
