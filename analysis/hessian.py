@@ -35,7 +35,7 @@ from analysis.figures import FigureWriter, plt
 from analysis.loading import Batches, fixed_batches, load_checkpoint_model, mean_loss
 from training.errors import exit_cleanly, exit_on_user_error
 from training.validate import validate
-from utils.device import resolve_device
+from utils.device import full_fp32, resolve_device
 from utils.io import save_json
 
 LossTerms = Callable[[], Iterable[Tensor]]
@@ -182,6 +182,7 @@ def plot_density(density: Density, top: list[float]):
     return fig
 
 
+@full_fp32()  # the lab reports IEEE fp32 numbers, whatever trainer.tf32 says
 def hessian_report(cfg: DictConfig, out_dir: str | Path) -> tuple[FigureWriter, dict]:
     require(cfg.top_k >= 1, "top_k", cfg.top_k, "an integer >= 1")
     require(cfg.lanczos_steps >= 2, "lanczos_steps", cfg.lanczos_steps, "an integer >= 2")

@@ -28,7 +28,7 @@ from analysis.figures import FigureWriter, plt
 from analysis.loading import Batches, fixed_batches, initial_model, load_checkpoint_model, mean_loss
 from training.errors import exit_cleanly, exit_on_user_error
 from training.validate import validate
-from utils.device import resolve_device
+from utils.device import full_fp32, resolve_device
 from utils.io import save_json
 
 
@@ -130,6 +130,7 @@ def initial_state(saved: DictConfig, init_checkpoint: str | None) -> tuple[dict,
     return model.state_dict(), f"rebuilt with seed {saved.trainer.seed}"
 
 
+@full_fp32()  # the lab reports IEEE fp32 numbers, whatever trainer.tf32 says
 def landscape(cfg: DictConfig, out_dir: str | Path) -> FigureWriter:
     require(cfg.resolution >= 2, "resolution", cfg.resolution, "an integer >= 2")
     require(cfg.span > 0, "span", cfg.span, "a number > 0")

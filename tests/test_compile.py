@@ -34,6 +34,27 @@ def test_a_failing_compiler_falls_back_to_eager_with_one_warning(cfg, tmp_path, 
     assert torch.equal(fallen_back, eager)  # the failed first call changed nothing: same steps as eager
 
 
+def test_a_failing_backward_compile_falls_back_to_eager(monkeypatch, caplog):
+    """AOTAutograd compiles the backward at the first backward(); that failure must fall back too, not crash."""
+    from torch._dynamo.backends.common import aot_autograd
+
+    def broken_backward(graph_module, example_inputs):
+        raise RuntimeError("backward lowering failed")
+
+    backend = aot_autograd(fw_compiler=lambda gm, _: gm, bw_compiler=broken_backward)
+    monkeypatch.setattr(compiling.torch, "compile", functools.partial(torch.compile, backend=backend))
+    torch._dynamo.reset()
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    wrapped, x = compiling.maybe_compile(model, True), torch.randn(5, 4)
+    with caplog.at_level(logging.WARNING, logger=compiling.__name__):
+        wrapped(x).square().sum().backward()
+    assert wrapped.compiled is None and "backward lowering failed" in caplog.text
+    eager_grad = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model(x).square().sum().backward()
+    assert all(torch.equal(a, p.grad) for a, p in zip(eager_grad, model.parameters()))
+
+
 def test_compile_wraps_without_copying_the_weights():
     model = torch.nn.Linear(3, 2)
     wrapped = compiling.maybe_compile(model, True)

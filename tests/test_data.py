@@ -1,5 +1,7 @@
 import pytest
 import torch
+import torch.utils._pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import data
 from data.loader import BatchLoader
@@ -129,3 +131,28 @@ def test_cifar_folder_loads_all_60k_images():
     d = data.build(source="image_folder", root=str(CIFAR_FOLDER), num_classes=10, in_channels=3, image_size=32)
     assert (d.train.num_examples, d.val.num_examples) == (50_000, 10_000)
     assert torch.bincount(d.train.labels).tolist() == [5000] * 10
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the largest tensor any torch operation returns (bytes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.nbytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.nbytes = max(self.nbytes, t.numel() * t.element_size())
+        return out
+
+
+def test_channel_stats_are_exact_without_a_float_copy_of_the_set():
+    """Under torchrun every process computes them: no float64 copy of the set (8x the uint8 images' bytes)."""
+    images = torch.randint(0, 256, (20_000, 3, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with LargestTensor() as largest:
+        mean, std = data.channel_stats(images)
+    assert largest.nbytes <= images.nbytes // 2, largest.nbytes
+    x = images.transpose(0, 1).reshape(3, -1).double() / 255
+    assert mean == pytest.approx(x.mean(1).tolist(), rel=1e-14) and std == pytest.approx(x.std(1).tolist(), rel=1e-12)

@@ -1,9 +1,13 @@
-"""Device choice and the CPU's bf16 instructions, which decide ``precision=auto``."""
+"""Device choice, ``precision=auto`` (the CPU's bf16 instructions, a GPU's compute capability, mocked) and the
+TF32 policy."""
 import logging
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
+from conftest import compose_cfg
+from fake_cuda import FakeCuda
 from training.run import choose_precision
 from utils import device
 from utils.device import cpu_bf16_instructions, resolve_device
@@ -43,3 +47,48 @@ def test_cuda_without_a_gpu_is_refused_in_one_line():
         pytest.skip("a GPU is present")
     with pytest.raises(ValueError, match=r"trainer.device=cuda: no CUDA device is available \(use auto or cpu\)"):
         resolve_device("cuda")
+
+
+# ------------------------------------------------------------------------------ GPUs, mocked (tests/fake_cuda.py)
+def test_cuda_n_must_be_a_visible_gpu(monkeypatch):
+    FakeCuda(monkeypatch, [(8, 0), (8, 0)])
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ValueError, match=r"trainer.device=cuda:2: this process sees 2 GPU\(s\), allowed cuda:0 to "
+                                         r"cuda:1"):
+        resolve_device("cuda:2")
+
+
+def test_tf32_policy_is_set_both_ways_and_the_lab_keeps_ieee_fp32():
+    before = torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision
+    try:
+        assert device.set_tf32(True) == "CUDA fp32 matmuls and convolutions: tf32 (trainer.tf32=true)"
+        assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == ("tf32",) * 2
+        with device.full_fp32():
+            assert torch.backends.cuda.matmul.fp32_precision == torch.backends.cudnn.conv.fp32_precision == "ieee"
+        assert torch.backends.cuda.matmul.fp32_precision == "tf32"  # the training policy is back
+        device.set_tf32(False)
+        assert torch.backends.cudnn.conv.fp32_precision == "ieee"
+    finally:
+        torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = before
+
+
+@pytest.mark.parametrize("tool,entry", [("analysis.hessian", "hessian_report"), ("analysis.landscape", "landscape")])
+def test_lab_tools_compute_in_ieee_fp32_whatever_the_training_policy(monkeypatch, tool, entry):
+    import importlib
+    module, seen = importlib.import_module(tool), []
+
+    def record(name):
+        seen.append((torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision))
+        raise LookupError("stop here")
+
+    before = torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision
+    monkeypatch.setattr(module, "resolve_device", record)
+    try:
+        device.set_tf32(True)
+        cfg = compose_cfg(tiny=False).trainer  # any config: the tool stops at its device
+        with pytest.raises(LookupError):
+            getattr(module, entry)(OmegaConf.create({"top_k": 1, "lanczos_steps": 2, "resolution": 2, "span": 1.0,
+                                                      "trainer": cfg}), "unused")
+        assert seen == [("ieee", "ieee")] and torch.backends.cuda.matmul.fp32_precision == "tf32"
+    finally:
+        torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = before

@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from conftest import CONFIG_DIR, REPO, TINY, compose_cfg
+from fake_cuda import FakeCuda
 from training import distributed
 from training.run import build_trainer, train
 
@@ -303,3 +304,46 @@ def test_sigterm_to_one_rank_stops_all_ranks_after_one_step_with_a_checkpoint(tm
     state = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
     assert state["epoch"] == 0 and 0 < state["global_step"] < 3750 and state["global_step"] % 10 == 0
     assert f"stopped by SIGTERM at step {state['global_step']}" in (run_dir / "train.log").read_text()
+
+
+# ------------------------------------------------------------------ device binding, with torch.cuda mocked
+def torchrun_env(monkeypatch, rank: int, world_size: int, local_rank: int) -> None:
+    for key, value in {"RANK": rank, "WORLD_SIZE": world_size, "LOCAL_RANK": local_rank}.items():
+        monkeypatch.setenv(key, str(value))
+
+
+def test_torchrun_binds_cuda_local_rank_before_nccl_starts(monkeypatch):
+    gpus = FakeCuda(monkeypatch, [(9, 0)] * 8)
+    torchrun_env(monkeypatch, rank=11, world_size=16, local_rank=3)  # node 2, its 4th process
+    env, device = distributed.setup("cuda")
+    assert env == distributed.DistEnv(rank=11, world_size=16, local_rank=3) and device == torch.device("cuda", 3)
+    assert gpus.calls == [("set_device", torch.device("cuda", 3)),
+                          ("init_process_group", {"backend": "nccl", "device_id": torch.device("cuda", 3)})]
+
+
+def test_a_task_shown_only_its_own_gpu_takes_cuda_0(monkeypatch):
+    FakeCuda(monkeypatch, [(8, 0)])
+    torchrun_env(monkeypatch, rank=5, world_size=8, local_rank=5)
+    assert distributed.setup("auto")[1] == torch.device("cuda", 0)
+
+
+@pytest.mark.parametrize("device,message", [
+    ("cuda:1", r"trainer.device=cuda:1 under torchrun: each process takes cuda:<LOCAL_RANK>; set trainer.device=cuda"),
+    ("cuda", r"LOCAL_RANK=4 but this process sees 2 GPU\(s\): start at most 2 processes per node"),
+])
+def test_torchrun_refuses_a_device_it_cannot_bind(monkeypatch, device, message):
+    gpus = FakeCuda(monkeypatch, [(8, 0)] * 2)
+    torchrun_env(monkeypatch, rank=4, world_size=8, local_rank=4)
+    with pytest.raises(distributed.LaunchError, match=message):
+        distributed.setup(device)
+    assert gpus.calls == []  # refused before any process group
+
+
+def test_one_process_honours_cuda_n(monkeypatch):
+    gpus = FakeCuda(monkeypatch, [(8, 0)] * 4)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    env, device = distributed.setup("cuda:2")
+    assert not env.enabled and device == torch.device("cuda", 2)
+    assert gpus.calls == [("set_device", torch.device("cuda", 2))] and torch.cuda.current_device() == 2
+    assert distributed.setup("cuda")[1] == torch.device("cuda", 0)

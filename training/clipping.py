@@ -33,9 +33,10 @@ def clip_gradients(parameters: torch.Tensor | Iterable[torch.Tensor], mode: str,
     """
     _check(mode, max_value, agc_eps)
     params = [parameters] if isinstance(parameters, torch.Tensor) else list(parameters)
+    device = params[0].device if params else torch.device("cpu")
     params = [p for p in params if p.grad is not None]
-    if not params:
-        return ClipResult(torch.tensor(0.0), torch.tensor(False))
+    if not params:  # on the parameters' device, where the loop stacks it with other steps' numbers
+        return ClipResult(torch.zeros((), device=device), torch.zeros((), dtype=torch.bool, device=device))
     if mode == "norm":
         total_norm = clip_grad_norm_(params, max_value)
         return ClipResult(total_norm, max_value / (total_norm + 1e-6) < 1)

@@ -2,11 +2,16 @@
 
 torch.compile is lazy: it traces and compiles on the first call, so a missing C++ toolchain or an unsupported
 operation shows up in the first training step, not where the model is wrapped. ``CompiledOrEager`` catches that
-first failure, logs it in one line and runs the eager module from then on.
+first failure, logs it in one line and runs the eager module from then on. AOTAutograd is lazier still: it
+compiles the backward graph at the first ``loss.backward()``, outside any call of the module, so a backward
+that fails to compile would crash the step. Each compiled call therefore sets functorch's
+``force_non_lazy_backward_lowering``: the backward is compiled with the forward, inside the call, and its failure
+falls back too.
 """
 import logging
 
 import torch
+import torch._functorch.config as functorch_config
 import torch.nn as nn
 
 log = logging.getLogger(__name__)
@@ -27,7 +32,8 @@ class CompiledOrEager(nn.Module):
     def forward(self, *args, **kwargs):
         if self.compiled is not None:
             try:
-                return self.compiled(*args, **kwargs)
+                with functorch_config.patch(force_non_lazy_backward_lowering=True):
+                    return self.compiled(*args, **kwargs)
             except Exception as e:  # noqa: BLE001 - any compiler failure, reported and survived
                 self._fall_back(e)
         return self.module(*args, **kwargs)

@@ -1,9 +1,10 @@
 """torch.distributed on existing engines: torchrun (or a multi-task submitit job) sets the environment.
 
 Started by ``torchrun --nproc_per_node=N train.py ...``, each process reads RANK/WORLD_SIZE/
-LOCAL_RANK, joins a process group (NCCL on CUDA, gloo on CPU), wraps its model in
-DistributedDataParallel (gradients averaged over ranks, so the update equals one process stepping
-on the global batch) and reads its own slice of every global batch. Only rank 0 writes files.
+LOCAL_RANK, binds its GPU (cuda:<LOCAL_RANK>), joins a process group (NCCL on CUDA, gloo on CPU),
+wraps its model in DistributedDataParallel (gradients averaged over ranks, so the update equals one
+process stepping on the global batch) and reads its own slice of every global batch. Only rank 0
+writes files.
 Plain ``python train.py`` has WORLD_SIZE unset and runs as one process with none of this.
 
 Hydra runs in every rank process and would make a run directory per rank (``${now:...}`` read on
@@ -20,6 +21,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+
+from utils.device import resolve_device
 
 TORCHRUN_VAR = "TORCHELASTIC_RUN_ID"  # set by torchrun in every worker it starts
 MULTIRUN_ARGS = ("-m", "--multirun", "hydra.mode=MULTIRUN")
@@ -62,17 +65,34 @@ def hydra_argv(argv: list[str], environ=os.environ) -> list[str]:
     return [*argv, *NON_MAIN_HYDRA_ARGS]
 
 
-def init_from_env(device_type: str) -> DistEnv:
-    """Join the process group torchrun (or submitit) described in the environment (one process: no-op)."""
+def setup(device_name: str) -> tuple[DistEnv, torch.device]:
+    """This process's place in the job and its device, bound before any collective.
+
+    One process: ``trainer.device`` as given (``cuda`` is cuda:0, ``cuda:N`` is honoured). Under torchrun (or a
+    multi-task submitit job): cuda:<LOCAL_RANK> (``device_for``), made the current device with
+    ``torch.cuda.set_device`` before NCCL starts, and given to ``init_process_group(device_id=...)``, so every
+    collective (``broadcast_object_list`` included) runs on this process's own GPU.
+    """
+    env = env_from_os()
+    device = device_for(env, resolve_device(device_name))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if env.enabled and not dist.is_initialized():
+        if device.type == "cuda":
+            dist.init_process_group(backend="nccl", device_id=device)
+        else:
+            dist.init_process_group(backend="gloo")
+    return env, device
+
+
+def env_from_os() -> DistEnv:
+    """RANK, WORLD_SIZE and LOCAL_RANK as torchrun (or submitit) set them; one process when unset."""
     if "WORLD_SIZE" not in os.environ and os.environ.get("SUBMITIT_EXECUTOR"):
         _export_submitit_env()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return DistEnv()
-    env = DistEnv(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    return env
+    return DistEnv(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def _export_submitit_env() -> None:
@@ -100,11 +120,22 @@ def quiet_other_ranks(env: DistEnv) -> None:
 
 
 def device_for(env: DistEnv, device: torch.device) -> torch.device:
-    """One GPU per process: cuda:<local rank>, or cuda:0 where the scheduler shows each task only its own GPU;
-    CPU processes share the CPU."""
+    """The one device this process trains on. One process: ``device``, cuda meaning cuda:0. Under DDP, one GPU
+    per process: cuda:<LOCAL_RANK>, or cuda:0 where the scheduler shows each task only its own GPU; a fixed
+    cuda:N would put every process on one GPU and is refused. CPU processes share the CPU."""
     if device.type != "cuda":
         return device
-    return torch.device("cuda", 0 if torch.cuda.device_count() == 1 else env.local_rank)
+    if not env.enabled:
+        return torch.device("cuda", device.index or 0)
+    if device.index is not None:
+        raise LaunchError(f"trainer.device={device} under torchrun: each process takes cuda:<LOCAL_RANK>; "
+                          f"set trainer.device=cuda (or auto)")
+    count = torch.cuda.device_count()
+    index = 0 if count == 1 else env.local_rank
+    if index >= count:
+        raise LaunchError(f"LOCAL_RANK={env.local_rank} but this process sees {count} GPU(s): start at most "
+                          f"{count} processes per node (torchrun --nproc_per_node={count})")
+    return torch.device("cuda", index)
 
 
 def wrap_model(model: nn.Module, env: DistEnv, device: torch.device) -> nn.Module:

@@ -20,7 +20,7 @@ from training.compiling import maybe_compile
 from training.precision import Precision
 from training.trainer import Trainer
 from training.validate import validate
-from utils.device import BF16_FLAGS, auto_precision, cpu_bf16_instructions, resolve_device
+from utils.device import BF16_FLAGS, auto_precision, cpu_bf16_instructions
 from utils.seed import seed_everything
 
 log = logging.getLogger(__name__)
@@ -33,10 +33,9 @@ class SanityError(RuntimeError):
 def build_trainer(cfg: DictConfig, run_dir: str | Path) -> Trainer:
     validate(cfg, run_dir)  # and create the run directory, or say why it cannot be written
     t = cfg.trainer
-    env = distributed.init_from_env(resolve_device(t.device).type)
+    env, device = distributed.setup(t.device)
     run_dir = distributed.main_run_dir(run_dir, env)
     distributed.quiet_other_ranks(env)
-    device = distributed.device_for(env, resolve_device(t.device))
     seed_everything(t.seed, t.deterministic)
     precision = choose_precision(t.precision, device)
 
