@@ -7,7 +7,11 @@ import os
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
+
+from cli import report
 
 from training.distributed import hydra_argv
 from training.errors import exit_cleanly, exit_on_user_error
@@ -15,8 +19,9 @@ from training.validate import validate
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
-def main(cfg: DictConfig) -> float:
-    with exit_on_user_error():
+def main(cfg: DictConfig) -> float | None:
+    runtime = HydraConfig.get()
+    with exit_on_user_error(), report.job(runtime.runtime.output_dir, in_sweep=runtime.mode == RunMode.MULTIRUN):
         validate(cfg)  # before the training stack (torchvision, TensorBoard, models) loads: a typo fails at once
         from training.run import train
         return train(cfg)["best_val_acc"]

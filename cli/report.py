@@ -1,0 +1,124 @@
+"""What a person sees when a run or a sweep ends: where it went, how it did, how to look at it.
+
+``job(run_dir, in_sweep)`` wraps one training job. A finished job prints the closing block (run directory,
+best/final val acc, training time, the ``tensorboard --logdir`` line); a failed one logs its error (so it lands
+in ``train.log``), marks ``summary.json`` ``status: failed`` with the error, and, inside a sweep, lets the next
+job run. ``SweepReport`` (a Hydra callback in configs/train.yaml) prints the sweep directory when a sweep
+starts, a table of its jobs when it ends, and exits 1 if any job failed.
+"""
+import json
+import logging
+import os
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf
+
+from training.errors import one_line
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def job(run_dir: str | Path, in_sweep: bool):
+    """Record how the job inside ended; in a sweep a failed job does not stop the next ones. Under DDP only
+    rank 0 writes and prints (the other ranks' run directory is ``.``)."""
+    started = time.perf_counter()
+    run_dir, main_rank = Path(run_dir), int(os.environ.get("RANK", "0")) == 0
+    try:
+        yield
+    except Exception as e:
+        from training.trainer import Interrupted
+        if isinstance(e, Interrupted) or not main_rank:  # Ctrl-C stops the whole sweep, its checkpoint saved
+            raise
+        message = one_line(e)
+        if in_sweep:  # the console says which job failed; the sweep goes on
+            log.error("job failed: %s", message)
+        try:
+            if not in_sweep:  # the command line prints it once, on stderr
+                with open(run_dir / "train.log", "a") as f:
+                    f.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}][{__name__}][ERROR] - failed: {message}\n")
+            _write_summary(run_dir, status="failed", error=message)
+        except OSError:  # an unwritable run directory: the error itself says so
+            pass
+        if not in_sweep:
+            raise
+    else:
+        if main_rank:
+            summary = _write_summary(run_dir, status="finished", process_time=time.perf_counter() - started)
+            log.info("\n%s", closing_block(run_dir, summary))
+
+
+def closing_block(run_dir: Path, summary: dict) -> str:
+    """Four aligned lines: where the run went, how it scored, how long it trained, how to look at it."""
+    rows = [("run directory", str(run_dir)),
+            ("val acc", f"best {_acc(summary.get('best_val_acc'))}, final {_acc(summary.get('final_val_acc'))} "
+                        f"({summary.get('epochs')} epochs, {summary.get('global_step')} steps)"),
+            ("train time", f"{_duration(summary.get('wall_time'))} of training steps, "
+                           f"{_duration(summary.get('process_time'))} in all"),
+            ("tensorboard", f"tensorboard --logdir {run_dir}")]
+    return "\n".join(f"{name:<14} {value}" for name, value in rows)
+
+
+class SweepReport(Callback):
+    """The sweep directory when a sweep starts; its jobs as a table when it ends (exit 1 if any failed)."""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        log.info("sweep directory %s", config.hydra.sweep.dir)
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        jobs = sweep_jobs(sweep_dir)
+        failed = [j for j in jobs if j["status"] != "finished"]
+        log.info("sweep %s: %d jobs, %d failed\n%s\ntensorboard --logdir %s", sweep_dir, len(jobs), len(failed),
+                 sweep_table(jobs), sweep_dir)
+        if failed:
+            sys.exit(1)
+
+
+def sweep_jobs(sweep_dir: Path) -> list[dict]:
+    """One row per job directory (holding .hydra/overrides.yaml), in job order."""
+    jobs = []
+    for overrides_file in sweep_dir.glob("*/.hydra/overrides.yaml"):
+        run_dir = overrides_file.parent.parent
+        summary = _summary(run_dir)
+        jobs.append({"num": int(run_dir.name.split("_", 1)[0]) if run_dir.name[0].isdigit() else -1,
+                     "overrides": " ".join(OmegaConf.load(overrides_file)), "dir": run_dir.name,
+                     "best_val_acc": summary.get("best_val_acc"), "final_val_acc": summary.get("final_val_acc"),
+                     "status": summary.get("status", "no summary: killed, or still running"),
+                     "error": summary.get("error", "")})
+    return sorted(jobs, key=lambda j: (j["num"], j["dir"]))
+
+
+def sweep_table(jobs: list[dict]) -> str:
+    rows = [("job", "overrides", "best val acc", "final", "status")]
+    rows += [(str(j["num"]), j["overrides"], _acc(j["best_val_acc"]), _acc(j["final_val_acc"]),
+              j["status"] + (f": {j['error']}" if j["error"] else "")) for j in jobs]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join([*(c.ljust(w) for c, w in zip(row, widths)), row[-1]]) for row in rows)
+
+
+def _write_summary(run_dir: Path, **values) -> dict:
+    from utils.io import save_json  # torch: not loaded before a config error needs it
+    summary = {**_summary(run_dir), **values}
+    save_json(summary, run_dir / "summary.json")
+    return summary
+
+
+def _summary(run_dir: Path) -> dict:
+    path = run_dir / "summary.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _acc(value) -> str:
+    return "-" if value is None else f"{value:.2%}"
+
+
+def _duration(seconds) -> str:
+    if seconds is None:
+        return "-"
+    minutes, seconds = divmod(seconds, 60)
+    return f"{int(minutes)} min {seconds:.0f} s" if minutes else f"{seconds:.1f} s"
