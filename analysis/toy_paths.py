@@ -4,7 +4,9 @@ Each optimizer is a ``configs/optimizer/*.yaml`` entry instantiated by Hydra ove
 (2,) in float64, with the function's LR and the ``common`` overrides set (configs/toy.yaml: no weight decay, one
 L-BFGS iteration per step). Every optimizer steps through a closure that re-evaluates f and its gradient, so
 L-BFGS runs on the same loop as SGD: w_{t+1} = step(w_t, grad f(w_t)). A path stops early when it diverges
-(|w| > 1e6 or a non-finite f).
+(|w| > 1e6 or a non-finite f). Second-order entries name their curvature (``curvature: hessian``: Newton's method
+with the exact Hessian from autograd; ``curvature: fisher``: the natural gradient, only on functions that define a
+distribution and so a Fisher information).
 """
 import copy
 from dataclasses import dataclass
@@ -38,10 +40,25 @@ def with_overrides(cfg: dict, values: dict) -> dict:
     return cfg
 
 
+def curvature_of(fn: ToyFunction, kind: str):
+    """w -> the exact Hessian of fn.f (``hessian``) or fn's Fisher information (``fisher``)."""
+    require(kind in ("hessian", "fisher"), "curvature", kind, "hessian or fisher")
+    require(kind == "hessian" or fn.fisher is not None, "curvature", kind,
+            f"hessian on {fn.name}, which defines no distribution")
+    return (lambda w: torch.autograd.functional.hessian(fn.f, w)) if kind == "hessian" else fn.fisher
+
+
+def applies_to(fn: ToyFunction, optimizer_cfg: dict) -> bool:
+    """Every optimizer runs on every function, except the natural gradient on those without a distribution."""
+    return optimizer_cfg.get("curvature") != "fisher" or fn.fisher is not None
+
+
 def optimize(fn: ToyFunction, optimizer_cfg: dict, start, steps: int, name: str = "") -> Trajectory:
     """Run ``steps`` optimizer steps on fn from ``start``; ``optimizer_cfg`` is a ``_partial_`` config."""
     w = torch.nn.Parameter(torch.tensor(start, dtype=torch.float64))
-    optimizer = instantiate(optimizer_cfg)([w])
+    optimizer_cfg = dict(optimizer_cfg)
+    kind = optimizer_cfg.pop("curvature", None)
+    optimizer = instantiate(optimizer_cfg)([w], **({} if kind is None else {"curvature": curvature_of(fn, kind)}))
 
     def closure():
         optimizer.zero_grad()
@@ -63,7 +80,8 @@ def optimize(fn: ToyFunction, optimizer_cfg: dict, start, steps: int, name: str 
 
 def paths_on(fn: ToyFunction, optimizers: dict[str, dict], lrs: dict[str, float], start, steps: int,
              common: dict) -> list[Trajectory]:
-    """One path per optimizer, each with its LR for this function and the ``common`` overrides."""
+    """One path per optimizer that applies to fn, each with its LR for this function and the ``common`` overrides."""
+    optimizers = {name: cfg for name, cfg in optimizers.items() if applies_to(fn, cfg)}
     for name in optimizers:
         require(name in lrs, f"setups.{fn.name}.lr.{name}", None, "a learning rate for every optimizer run")
     return [optimize(fn, with_overrides(cfg, {**common, "lr": lrs[name]}), start, steps, name)

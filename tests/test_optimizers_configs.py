@@ -16,7 +16,7 @@ EXPECTED = {  # name: (class, lr)
     "sgd": (optimizers.SGD, 0.1), "momentum": (optimizers.SGD, 0.1), "nesterov": (optimizers.SGD, 0.1),
     "rmsprop": (optimizers.RMSprop, 0.001), "adagrad": (optimizers.Adagrad, 0.01), "adam": (optimizers.Adam, 0.001),
     "adamw": (optimizers.AdamW, 0.001), "radam": (optimizers.RAdam, 0.001), "lookahead": (optimizers.Lookahead, 0.1),
-    "lbfgs": (optimizers.LBFGS, 1.0),
+    "lbfgs": (optimizers.LBFGS, 1.0), "kfac": (optimizers.KFAC, 0.01),
 }
 
 
@@ -40,14 +40,14 @@ def test_builds_and_steps(name):
     assert cfg._partial_ is True
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
-    optimizer = instantiate(cfg)(model.parameters())
+    optimizer = instantiate(cfg)(model.parameters(), **({"model": model} if cls.__dict__.get("needs_model") else {}))
     assert type(optimizer) is cls
     assert optimizer.param_groups[0]["lr"] == lr
-    x, y = torch.randn(32, 4), torch.randn(32, 2)
+    x, y = torch.randn(32, 4), torch.randint(0, 2, (32,))
 
     def closure():
         optimizer.zero_grad()
-        loss = (model(x) - y).pow(2).mean()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
         loss.backward()
         return loss
 
