@@ -3,9 +3,12 @@
 Feed it ``python train.py -m experiment=optimizer_comparison`` (optimizers side by side) or
 ``experiment=lr_sensitivity`` (optimizer x LR). Writes into ``<sweep_dir>/compare/``:
 ``train_loss.png``, ``test_accuracy.png`` and ``grad_norm.png`` against epoch for every run,
-``final_accuracy.png`` (bars), and when some optimizer ran at two or more LRs ``lr_sensitivity.png``
-(final test accuracy against LR, one line per optimizer, log x). The same figures go to ``compare/tb``.
+``final_accuracy.png`` (bars), when some optimizer ran at two or more LRs ``lr_sensitivity.png``
+(final test accuracy against LR, one line per optimizer, log x), and when the runs' LR schedules differ
+(``experiment=schedule_comparison``) ``lr_schedules.png`` (each run's LR per step beside its test accuracy).
+The same figures go to ``compare/tb``.
 """
+import json
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -77,6 +80,21 @@ def plot_lr_sensitivity(curves: dict[str, tuple[list[float], list[float]]]):
     return fig
 
 
+def plot_schedules(runs: list[Run]):
+    """Each run's LR per step (TensorBoard ``lr``, else per epoch) beside its test accuracy per epoch."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(15, 5))
+    for run, color in zip(runs, run_colors(len(runs))):
+        left.plot(*(run.step_scalars("lr") or run.curve("lr")), lw=1.2, color=color, label=run.label)
+        right.plot(*run.curve("val_acc"), "o-", color=color, label=f"{run.label}: {run.final_acc:.4f}")
+    finish(left, "epoch", "learning rate", "LR schedule (per step)")
+    finish(right, "epoch", "test accuracy", "test accuracy per epoch (final in the legend)")
+    return fig
+
+
+def schedules_differ(runs: list[Run]) -> bool:
+    return len({json.dumps(run.config.get("scheduler"), sort_keys=True) for run in runs}) > 1
+
+
 def finish(ax, xlabel: str, ylabel: str, title: str, log: bool = False) -> None:
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     if log:
@@ -96,6 +114,8 @@ def compare(sweep_dir: str | Path, out_dir: str | Path) -> FigureWriter:
     curves = lr_curves(runs)
     if curves:
         out.save(plot_lr_sensitivity(curves), "lr_sensitivity")
+    if schedules_differ(runs):
+        out.save(plot_schedules(runs), "lr_schedules")
     for run in runs:
         print(f"{run.label:>40}: optimizer {run.optimizer}, lr {run.lr:g}, final test accuracy {run.final_acc:.4f}")
     return out

@@ -50,19 +50,23 @@ class Run:
         rows = [m for m in self.metrics if key in m]
         return np.array([m["epoch"] for m in rows]), np.array([m[key] for m in rows], dtype=float)
 
-    def grad_norm(self) -> tuple[np.ndarray, np.ndarray]:
-        """(epoch, norm): per step from TensorBoard's ``grad_norm`` (epoch = step / steps per epoch, read from
-        metrics.jsonl's global_step), else per epoch from a ``grad_norm`` column of metrics.jsonl."""
+    def step_scalars(self, tag: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """(epoch, value) per logged step of a TensorBoard scalar (epoch = step / steps per epoch, read from
+        metrics.jsonl's global_step), or None when the run has no such scalar."""
         tb = self.directory / "tb"
-        if tb.is_dir():
-            events = EventAccumulator(str(tb), size_guidance={"scalars": 0})
-            events.Reload()
-            if "grad_norm" in events.Tags()["scalars"] and "global_step" in self.metrics[0]:
-                steps_per_epoch = self.metrics[0]["global_step"] / self.metrics[0]["epoch"]
-                scalars = events.Scalars("grad_norm")
-                return (np.array([(s.step + 1) / steps_per_epoch for s in scalars]),
-                        np.array([s.value for s in scalars]))
-        return self.curve("grad_norm")
+        if not tb.is_dir() or "global_step" not in self.metrics[0]:
+            return None
+        events = EventAccumulator(str(tb), size_guidance={"scalars": 0})
+        events.Reload()
+        if tag not in events.Tags()["scalars"]:
+            return None
+        steps_per_epoch = self.metrics[0]["global_step"] / self.metrics[0]["epoch"]
+        scalars = events.Scalars(tag)
+        return np.array([(s.step + 1) / steps_per_epoch for s in scalars]), np.array([s.value for s in scalars])
+
+    def grad_norm(self) -> tuple[np.ndarray, np.ndarray]:
+        """(epoch, norm): per step from TensorBoard's ``grad_norm``, else per epoch from metrics.jsonl."""
+        return self.step_scalars("grad_norm") or self.curve("grad_norm")
 
 
 def read_run(directory: Path) -> Run:
