@@ -93,12 +93,28 @@ def test_warns_once_a_layer_has_vanished_for_patience_observations_in_a_row(tmp_
     observe(2, 1.0)  # recovered: the streak starts again
     assert observe(3, 0.0) == [] and observe(4, 0.0) == []
     (message,) = observe(5, 0.0)
-    assert message.startswith("vanishing gradient in layer layers.0.0: norm 0 below monitor.vanish_below=1e-06 "
+    assert message.startswith("vanishing gradients in 1 layer(s), norm below monitor.vanish_below=1e-06 "
                               "for 3 observations in a row")
+    assert message.endswith(": layers.0.0 (0)")
     assert len(observe(6, 0.0)) == 1  # one warning per streak
 
 
-@pytest.mark.parametrize("scale,shown", [(1e9, "above monitor.explode_above=1000"), (float("nan"), "norm nan")])
+def test_layers_vanishing_together_are_one_line(tmp_path, caplog):
+    model = tiny_mlp()
+    monitor, _ = monitor_in(tmp_path, every_n_steps=1, patience=2, histograms_every_n_steps=0)
+    with caplog.at_level(logging.WARNING, logger="training.monitor"):
+        for step in range(2):
+            backward(model)
+            for p in model.parameters():
+                p.grad.zero_()
+            monitor.observe(model, step)
+    (message,) = [r.getMessage() for r in caplog.records]
+    layers = message.split(": ")[-1].split(", ")
+    assert message.startswith(f"vanishing gradients in {len(layers)} layer(s)") and len(layers) >= 2
+    assert layers[0] == "layers.0.0 (0)" and layers[-1] == "head (0)"
+
+
+@pytest.mark.parametrize("scale,shown", [(1e9, "above monitor.explode_above=1000"), (float("nan"), "head (nan)")])
 def test_exploding_or_non_finite_gradients_warn(tmp_path, caplog, scale, shown):
     model = tiny_mlp()
     monitor, _ = monitor_in(tmp_path, every_n_steps=1, patience=2, histograms_every_n_steps=0)
@@ -108,7 +124,7 @@ def test_exploding_or_non_finite_gradients_warn(tmp_path, caplog, scale, shown):
             model.head.weight.grad.mul_(scale)
             monitor.observe(model, step)
     (message,) = [r.getMessage() for r in caplog.records]
-    assert message.startswith("exploding gradient in layer head:") and shown in message
+    assert message.startswith("exploding gradients in 1 layer(s)") and shown in message
 
 
 def test_a_training_run_logs_layer_norms_through_its_logger(cfg, synthetic, tmp_path):  # noqa: F811

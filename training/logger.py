@@ -14,6 +14,25 @@ from torch.utils.tensorboard.summary import hparams as hparams_summary
 from utils.io import atomic_write, save_json
 
 
+# TensorBoard's CUSTOM SCALARS tab: loss, accuracy and LR first, train and val in one chart; the per-layer
+# norms last, in a category of their own (a regex per chart: every layer's curve together).
+LAYOUT = {
+    "1 loss, accuracy, learning rate": {
+        "loss (train per step, val per evaluation)": ["Multiline", ["^train/loss$", "^val/loss$"]],
+        "accuracy (train per step, val per evaluation)": ["Multiline", ["^train/acc$", "^val/acc$"]],
+        "learning rate": ["Multiline", ["^lr$"]],
+    },
+    "2 gradient and clipping": {
+        "gradient norm before clipping": ["Multiline", ["^grad_norm$"]],
+        "clipping fired": ["Multiline", ["^clip/fired$"]],
+    },
+    "3 per layer": {
+        "gradient norm per layer": ["Multiline", ["^grad_norm/"]],
+        "weight norm per layer": ["Multiline", ["^weight_norm/"]],
+    },
+}
+
+
 class RunLogger:
     def __init__(self, run_dir: str | Path, *, enabled: bool = True, tensorboard: bool = True,
                  log_every_n_steps: int = 10, histograms: bool = True, flush_secs: int = 30):
@@ -28,6 +47,8 @@ class RunLogger:
         """Start writing; ``purge_step`` (on resume) hides events logged after the checkpoint."""
         if self.enabled and self.tensorboard:
             self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge_step, flush_secs=self.flush_secs)
+            self.writer.add_custom_scalars(LAYOUT)
+
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         if self.writer:

@@ -133,16 +133,19 @@ class GradientMonitor:
             f.write(json.dumps({"step": step, "grad_norm": grad, "weight_norm": weight}) + "\n")
 
     def _alarm(self, step: int, grad: list[float]) -> None:
-        """Warn once per streak, when a layer has been out of bounds for ``patience`` observations in a row."""
-        for i, (layer, norm) in enumerate(zip(self.history.layers, grad)):
-            bounds = (("vanish_below", norm < self.vanish_below), ("explode_above", not norm <= self.explode_above))
-            for key, out in bounds:
+        """Warn once per streak, in one line per kind naming every layer that has just been out of bounds for
+        ``patience`` observations in a row."""
+        for key, what, relation in (("vanish_below", "vanishing", "below"), ("explode_above", "exploding", "above")):
+            limit, reached = getattr(self, key), []
+            for i, (layer, norm) in enumerate(zip(self.history.layers, grad)):
+                out = norm < limit if key == "vanish_below" else not norm <= limit
                 self._streaks[key][i] = self._streaks[key][i] + 1 if out else 0
                 if self._streaks[key][i] == self.patience:
-                    what, relation = ("vanishing", "below") if key == "vanish_below" else ("exploding", "above")
-                    log.warning("%s gradient in layer %s: norm %.3g %s monitor.%s=%g for %d observations in a row "
-                                "(one every %d steps, the last at step %d)", what, layer, norm, relation, key,
-                                getattr(self, key), self.patience, self.every_n_steps, step)
+                    reached.append(f"{layer} ({norm:.3g})")
+            if reached:
+                log.warning("%s gradients in %d layer(s), norm %s monitor.%s=%g for %d observations in a row (one "
+                            "every %d steps, the last at step %d): %s", what, len(reached), relation, key, limit,
+                            self.patience, self.every_n_steps, step, ", ".join(reached))
 
 
 def _require(ok: bool, key: str, value, allowed: str) -> None:

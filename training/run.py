@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -96,7 +97,9 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
 def run_sanity(trainer: Trainer, cfg: DictConfig) -> None:
     options = OmegaConf.to_container(cfg.sanity, resolve=True) if "sanity" in cfg else {}
     report = trainer.sanity_check(**options)
-    log.info("sanity checks:\n%s", report.table())
+    log.info("sanity checks (every number in sanity.txt):\n%s", report.table())
+    if trainer.dist.is_main:
+        (trainer.run_dir / "sanity.txt").write_text(report.table(details=True) + "\n")
     if not report.passed:
         message = f"sanity check failed: {report.summary()}"
         if cfg.trainer.sanity == "run":
@@ -129,12 +132,28 @@ def _channels_last(setting, model) -> bool:
 
 
 def hparams(cfg: DictConfig) -> dict:
-    """The hyperparameters shown in TensorBoard's HPARAMS tab: group choices and the main numbers."""
-    choices = {}
+    """The hyperparameters shown in TensorBoard's HPARAMS tab: first the job's command-line overrides (in a sweep,
+    what varies), then the group choices, every model, optimizer and scheduler setting, and the main numbers."""
+    overrides, choices = {}, {}
     if HydraConfig.initialized():
+        overrides = {k.lstrip("+~"): yaml.safe_load(v) for k, v in
+                     (o.split("=", 1) for o in HydraConfig.get().overrides.task if "=" in o)}
         choices = {k: v for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra")}
-    flat = {f"optimizer.{k}": v for k, v in cfg.optimizer.items() if not k.startswith("_")}
-    flat.update({"data.batch_size": cfg.data.batch_size, "trainer.epochs": cfg.trainer.epochs,
-                 "trainer.precision": cfg.trainer.precision, "trainer.clip.mode": cfg.trainer.clip.mode,
-                 "trainer.clip.max": cfg.trainer.clip.max, "trainer.seed": cfg.trainer.seed})
-    return {**{f"choice.{k}": v for k, v in choices.items()}, **flat}
+    settings = {f"{group}.{k}": v for group in ("model", "optimizer", "scheduler")
+                for k, v in _flat(OmegaConf.to_container(cfg[group], resolve=True)).items() if not k.startswith("_")}
+    settings.update({"data.batch_size": cfg.data.batch_size, "trainer.epochs": cfg.trainer.epochs,
+                     "trainer.precision": cfg.trainer.precision, "trainer.clip.mode": cfg.trainer.clip.mode,
+                     "trainer.clip.max": cfg.trainer.clip.max, "trainer.seed": cfg.trainer.seed})
+    return {**overrides, **{f"choice.{k}": v for k, v in choices.items()},
+            **{k: v for k, v in settings.items() if k not in overrides}}
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """{"base": {"lr": 0.1}} -> {"base.lr": 0.1}"""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

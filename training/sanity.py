@@ -62,12 +62,15 @@ class SanityReport:
     def failed(self) -> list[CheckResult]:
         return [r for r in self.results if not r.passed]
 
-    def table(self) -> str:
+    def table(self, details: bool | None = None) -> str:
+        """One row per check, then each check's message; the longer details (gradient_flow's per-layer table)
+        of every check with ``details=True``, of the failed ones only with None, of none with False."""
         rows = [("check", "verdict", "time", "numbers")]
         rows += [(r.name, "pass" if r.passed else "FAIL", f"{r.seconds:.1f}s",
                   "  ".join(f"{k}={_fmt(v)}" for k, v in r.numbers.items())) for r in self.results]
         lines = [_align(rows), *(f"{r.name}: {r.message}" for r in self.results)]
-        lines += [f"\n{r.name} per layer:\n{r.details}" for r in self.results if r.details]
+        shown = [r for r in self.results if r.details and (details or (details is None and not r.passed))]
+        lines += [f"\n{r.name} per layer:\n{r.details}" for r in shown]
         return "\n".join(lines)
 
     def summary(self) -> str:

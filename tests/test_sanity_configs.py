@@ -1,0 +1,37 @@
+"""Every shipped experiment, and every option of every group on top of the default job, passes its own sanity
+checks on real data (the image-folder CIFAR-10 for conv nets). Slow: minutes per ResNet on a CPU."""
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import CONFIG_DIR, DATA_ROOT, compose_cfg
+from training.run import build_trainer
+
+pytestmark = [pytest.mark.slow, pytest.mark.needs_data]
+
+CONV = {"cnn", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "airbench"}
+ELSEWHERE = {"data": {"cifar10": "torchvision's cifar-10-batches-py/ is not here (cifar10_folder is)",
+                      "fashion_mnist": "FashionMNIST/raw/ is not here"}}
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
+
+
+CASES = [f"experiment={name}" for name in options("experiment")]
+CASES += [f"{group}={name}" for group in ("data", "model", "optimizer", "scheduler") for name in options(group)]
+
+
+@pytest.mark.parametrize("choice", CASES)
+def test_sanity_checks_pass(choice, tmp_path):
+    group, name = choice.split("=")
+    if why := ELSEWHERE.get(group, {}).get(name):
+        pytest.skip(why)
+    data = ["data=cifar10_folder"] if name in CONV else []
+    cfg = compose_cfg(f"paths.data_root={DATA_ROOT}", *data, choice, "data.train_subset=2048", "data.val_subset=null",
+                      tiny=False)
+    cfg.trainer.device = "cpu"
+    report = build_trainer(cfg, tmp_path).sanity_check(**OmegaConf.to_container(cfg.sanity))
+    print(report.table())
+    assert report.passed, report.summary()
