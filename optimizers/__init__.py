@@ -8,6 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from optimizers.adagrad import Adagrad
 from optimizers.adam import Adam, AdamW
+from optimizers.hessian_free import HessianFree
 from optimizers.kfac import KFAC
 from optimizers.lbfgs import LBFGS
 from optimizers.lookahead import Lookahead
@@ -17,7 +18,7 @@ from optimizers.radam import RAdam
 from optimizers.rmsprop import RMSprop
 from optimizers.sgd import SGD
 
-__all__ = ["SGD", "RMSprop", "Adagrad", "Adam", "AdamW", "RAdam", "Lookahead", "LBFGS", "KFAC", "DampedNewton", "build", "param_groups"]
+__all__ = ["SGD", "RMSprop", "Adagrad", "Adam", "AdamW", "RAdam", "Lookahead", "LBFGS", "KFAC", "HessianFree", "DampedNewton", "build", "param_groups"]
 
 
 def build(cfg: DictConfig | dict, model: nn.Module) -> torch.optim.Optimizer:

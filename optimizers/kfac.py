@@ -29,7 +29,6 @@ Linear/Conv2d gradients, rescale them all by the KL clip nu = min(1, sqrt(kl_cli
 the raw gradients for the rest (normalisation gains, biases of layers without a factor).
 """
 
-import weakref
 from collections.abc import Callable
 
 import torch
@@ -39,6 +38,7 @@ from torch import Tensor
 
 from optimizers import functional as F
 from optimizers.base import require
+from optimizers.hooks import WeakHook
 
 
 def factored_layers(model: nn.Module) -> list[nn.Module]:
@@ -48,19 +48,6 @@ def factored_layers(model: nn.Module) -> list[nn.Module]:
             return m.groups == 1 and m.padding_mode == "zeros" and not isinstance(m.padding, str)
         return isinstance(m, nn.Linear)
     return [m for m in model.modules() if factored(m) and m.weight.requires_grad]
-
-
-class _Hook:
-    """Calls ``optimizer.<method>`` through a weak reference: a deep copy of the model (the sanity checks make
-    one) copies this hook without copying the optimizer, and the optimizer ignores modules it does not own."""
-
-    def __init__(self, optimizer: "KFAC", method: str) -> None:
-        self.optimizer, self.method = weakref.ref(optimizer), method
-
-    def __call__(self, module: nn.Module, inputs: tuple, output: Tensor) -> None:
-        optimizer = self.optimizer()
-        if optimizer is not None and id(module) in optimizer._owned:
-            getattr(optimizer, self.method)(module, inputs, output)
 
 
 def layer_inputs(layer: nn.Module, x: Tensor) -> Tensor:
@@ -159,8 +146,8 @@ class KFAC(torch.optim.Optimizer):
         self._captured: dict[nn.Module, tuple[Tensor, list[Tensor]]] = {}
         self._backpropagating = False  # True while our own backward runs: the output hooks record only then
         for layer in self.layers:
-            layer.register_forward_hook(_Hook(self, "_capture_layer"))
-        model.register_forward_hook(_Hook(self, "_update_factors_from_logits"))
+            layer.register_forward_hook(WeakHook(self, "_capture_layer"))
+        model.register_forward_hook(WeakHook(self, "_update_factors_from_logits"))
 
     # ----------------------------------------------------------------------------------- hooks
     def _step_count(self) -> int:

@@ -16,7 +16,7 @@ EXPECTED = {  # name: (class, lr)
     "sgd": (optimizers.SGD, 0.1), "momentum": (optimizers.SGD, 0.1), "nesterov": (optimizers.SGD, 0.1),
     "rmsprop": (optimizers.RMSprop, 0.001), "adagrad": (optimizers.Adagrad, 0.01), "adam": (optimizers.Adam, 0.001),
     "adamw": (optimizers.AdamW, 0.001), "radam": (optimizers.RAdam, 0.001), "lookahead": (optimizers.Lookahead, 0.1),
-    "lbfgs": (optimizers.LBFGS, 1.0), "kfac": (optimizers.KFAC, 0.01),
+    "lbfgs": (optimizers.LBFGS, 1.0), "kfac": (optimizers.KFAC, 0.01), "hessian_free": (optimizers.HessianFree, 1.0),
 }
 
 
