@@ -14,6 +14,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
@@ -80,13 +81,15 @@ class SweepReport(Callback):
 
 
 def sweep_jobs(sweep_dir: Path) -> list[dict]:
-    """One row per job directory (holding .hydra/overrides.yaml), in job order."""
-    jobs = []
+    """One row per job directory (holding .hydra/overrides.yaml), in job order, with the overrides that vary."""
+    jobs, varying = [], set(swept_keys(sweep_dir))
     for overrides_file in sweep_dir.glob("*/.hydra/overrides.yaml"):
         run_dir = overrides_file.parent.parent
         summary = _summary(run_dir)
+        overrides = list(OmegaConf.load(overrides_file))
+        shown = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in varying] or overrides
         jobs.append({"num": int(run_dir.name.split("_", 1)[0]) if run_dir.name[0].isdigit() else -1,
-                     "overrides": " ".join(OmegaConf.load(overrides_file)), "dir": run_dir.name,
+                     "overrides": " ".join(shown), "dir": run_dir.name,
                      "best_val_acc": summary.get("best_val_acc"), "final_val_acc": summary.get("final_val_acc"),
                      "status": summary.get("status", "no summary: killed, or still running"),
                      "error": summary.get("error", "")})
@@ -94,11 +97,36 @@ def sweep_jobs(sweep_dir: Path) -> list[dict]:
 
 
 def sweep_table(jobs: list[dict]) -> str:
-    rows = [("job", "overrides", "best val acc", "final", "status")]
+    rows = [("job", "what varies", "best val acc", "final", "status")]
     rows += [(str(j["num"]), j["overrides"], _acc(j["best_val_acc"]), _acc(j["final_val_acc"]),
               j["status"] + (f": {j['error']}" if j["error"] else "")) for j in jobs]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join("  ".join([*(c.ljust(w) for c, w in zip(row, widths)), row[-1]]) for row in rows)
+
+
+def swept_keys(sweep_dir: str | Path) -> list[str]:
+    """The keys a sweep varies: command-line overrides with several values and ``hydra.sweeper.params``, read from
+    the ``multirun.yaml`` Hydra writes into the sweep directory before any job starts (so every launcher's jobs
+    can read it)."""
+    path = Path(sweep_dir) / "multirun.yaml"
+    if not path.is_file():
+        return []
+    cfg = OmegaConf.load(path)
+    overrides = OverridesParser.create().parse_overrides(list(cfg.hydra.overrides.task))
+    keys = [o.key_or_group for o in overrides if o.is_sweep_override()]
+    return keys + [k for k in (OmegaConf.select(cfg, "hydra.sweeper.params") or {}) if k not in keys]
+
+
+def job_dirname(num: int, sweep_dir: str, overrides) -> str:
+    """A sweep job's directory, and so its TensorBoard run name: ``07_optimizer=adam,optimizer.lr=0.01``, the
+    zero-padded job number and only what the sweep varies (all the job's overrides if nothing is known to vary)."""
+    pairs = [o.split("=", 1) for o in overrides if "=" in o]
+    varying = set(swept_keys(sweep_dir))
+    shown = [f"{k.lstrip('+~')}={v}" for k, v in pairs if k.lstrip("+~") in varying] or [f"{k}={v}" for k, v in pairs]
+    return f"{num:02d}_" + ",".join(shown).replace("/", "-")
+
+
+OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
 
 
 def _write_summary(run_dir: Path, **values) -> dict:

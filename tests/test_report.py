@@ -29,7 +29,7 @@ def test_a_sweep_reports_a_failed_job_runs_the_next_and_ends_with_a_table(tmp_pa
     summary = json.loads((finished / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["global_step"] == 2
     table = proc.stdout[proc.stdout.index(f"sweep {tmp_path}: 2 jobs, 1 failed"):].splitlines()
-    assert table[1].split() == ["job", "overrides", "best", "val", "acc", "final", "status"]
+    assert table[1].split() == ["job", "what", "varies", "best", "val", "acc", "final", "status"]
     assert table[2].startswith("0    optimizer.lr=0 ") and "failed: sanity check failed: overfit" in table[2]
     assert table[3].startswith("1    optimizer.lr=0.1 ") and table[3].endswith("finished")
     assert f"{summary['best_val_acc']:.2%}" in table[3]

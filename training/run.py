@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 import yaml
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -134,17 +135,23 @@ def _channels_last(setting, model) -> bool:
 def hparams(cfg: DictConfig) -> dict:
     """The hyperparameters shown in TensorBoard's HPARAMS tab: first the job's command-line overrides (in a sweep,
     what varies), then the group choices, every model, optimizer and scheduler setting, and the main numbers."""
-    overrides, choices = {}, {}
+    overrides, choices, swept = {}, {}, []
     if HydraConfig.initialized():
         overrides = {k.lstrip("+~"): yaml.safe_load(v) for k, v in
                      (o.split("=", 1) for o in HydraConfig.get().overrides.task if "=" in o)}
-        choices = {k: v for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra")}
+        choices = {k: v for k, v in HydraConfig.get().runtime.choices.items()
+                   if k in ("data", "model", "optimizer", "scheduler", "experiment")}
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            from cli.report import swept_keys
+            swept = swept_keys(HydraConfig.get().sweep.dir)
     settings = {f"{group}.{k}": v for group in ("model", "optimizer", "scheduler")
                 for k, v in _flat(OmegaConf.to_container(cfg[group], resolve=True)).items() if not k.startswith("_")}
     settings.update({"data.batch_size": cfg.data.batch_size, "trainer.epochs": cfg.trainer.epochs,
                      "trainer.precision": cfg.trainer.precision, "trainer.clip.mode": cfg.trainer.clip.mode,
                      "trainer.clip.max": cfg.trainer.clip.max, "trainer.seed": cfg.trainer.seed})
-    return {**overrides, **{f"choice.{k}": v for k, v in choices.items()},
+    # TensorBoard lists hparams by name and ticks the first few: what the sweep varies is marked "*" to come first
+    return {**{f"*{k}": overrides[k] for k in swept if k in overrides},
+            **{k: v for k, v in overrides.items() if k not in swept}, **{f"choice.{k}": v for k, v in choices.items()},
             **{k: v for k, v in settings.items() if k not in overrides}}
 
 
