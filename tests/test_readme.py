@@ -30,12 +30,14 @@ SHRINK = {  # the first matching fragment's overrides are appended
     "analysis.landscape": "samples=256 resolution=5 interpolation.points=5",
     "analysis.hessian": "samples=256 trace_samples=4 lanczos_steps=10 top_k=2 power_iterations=20",
     "analysis.lr_finder": "num_steps=40",
+    "analysis.second_order": "samples=64 hidden_sizes=[2,4] steps=2",
 }
 LEAVES = {  # tool -> files its run directory must hold (README's lab table)
     "landscape": ["landscape_contour.png", "landscape_surface.png", "interpolation.png", "landscape.json"],
     "hessian": ["hessian_density.png", "hessian.json"],
     "lr_finder": ["lr_finder.png", "lr_finder.json"],
     "toy": ["toy_rosenbrock_paths.png", "toy_rosenbrock_loss.png"],
+    "second_order": ["loss_vs_iterations.png", "loss_vs_time.png", "cost_per_step.png"],
 }
 
 
