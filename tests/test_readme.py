@@ -24,6 +24,7 @@ NOT_HERE = {  # fragment of a command -> why it cannot run on this machine
 SMALL = "data.train_subset=512 data.val_subset=256 trainer.max_steps=4 sanity.overfit_steps=20 sanity.decrease_steps=5"
 SHRINK = {  # the first matching fragment's overrides are appended
     "make train": f'ARGS="{SMALL} trainer.epochs=1"',
+    "experiment=hessian_free_mnist": f"{SMALL} data.batch_size=128 optimizer.curvature_batch_size=64",
     "train.py": SMALL,
     "sanity_check.py": "data.train_subset=512 data.val_subset=256",
     "analysis.toy": "setups.rosenbrock.steps=100 setups.beale.steps=100",
