@@ -6,18 +6,18 @@ import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from training.distributed import hydra_argv
 from training.errors import exit_on_user_error
-from training.run import SanityError, build_trainer
+from training.run import SanityError, build_trainer, sanity_check
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> None:
     with exit_on_user_error():
         trainer = build_trainer(cfg, HydraConfig.get().runtime.output_dir)
-        report = trainer.sanity_check(**OmegaConf.to_container(cfg.sanity, resolve=True))
+        report = sanity_check(trainer, cfg)
         print(report.table())
         if not report.passed:
             raise SanityError(f"sanity check failed: {report.summary()}")

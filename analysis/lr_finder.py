@@ -33,8 +33,10 @@ import optimizers
 from analysis.checks import require
 from analysis.figures import FigureWriter, plt
 from analysis.loading import model_for
-from data import BatchLoader
+from data import batches_forever
 from training.errors import exit_cleanly, exit_on_user_error
+from training.precision import Precision
+from training.step import train_step
 from training.validate import validate
 from utils.device import resolve_device
 from utils.io import save_json
@@ -56,17 +58,15 @@ def lr_range_test(model: nn.Module, make_optimizer: Callable[[nn.Module], torch.
     """Run the exponential LR ramp on a deep copy of ``model`` (left untouched); ``batches`` yields (x, y)."""
     model = copy.deepcopy(model).train()
     optimizer = make_optimizer(model)
+    optimizer.zero_grad(set_to_none=True)  # the copy carries any .grad of the original; train_step zeroes after
+    precision = Precision("fp32", next(model.parameters()).device)
     lrs, losses, smoothed, average, best = [], [], [], 0.0, math.inf
     for i in range(num_steps):
         lr = min_lr * (max_lr / min_lr) ** (i / (num_steps - 1))
         for group in optimizer.param_groups:
             group["lr"] = lr
         x, y = next(batches)
-        loss = loss_fn(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        value = loss.item()
+        value = train_step(model, loss_fn, optimizer, precision, x, y).loss.item()
         average = beta * average + (1 - beta) * value
         lrs.append(lr)
         losses.append(value)
@@ -86,15 +86,6 @@ def steepest(lrs: list[float], smoothed: list[float], skip_start: int, skip_end:
         return None
     log_lrs, values = np.log(lrs[skip_start:stop]), np.array(smoothed[skip_start:stop])
     return float(np.exp(log_lrs[np.argmin(np.gradient(values, log_lrs))]))
-
-
-def endless(loader: BatchLoader) -> Iterator:
-    """The loader's batches, epoch after epoch."""
-    epoch = 0
-    while True:
-        loader.set_epoch(epoch)
-        yield from loader
-        epoch += 1
 
 
 def plot_range_test(result: RangeTest):
@@ -121,8 +112,8 @@ def find_lr(cfg: DictConfig, out_dir: str | Path) -> tuple[FigureWriter, RangeTe
             cfg.optimizer._target_, "an optimizer that steps without a closure (not L-BFGS)")
     device = resolve_device(cfg.trainer.device)
     model = model_for(cfg)[0].to(device)
-    data = instantiate(cfg.data)
-    result = lr_range_test(model, lambda m: optimizers.build(cfg.optimizer, m), endless(data.train.to(device)),
+    data = instantiate(cfg.data, _partial_=True)(device=device)
+    result = lr_range_test(model, lambda m: optimizers.build(cfg.optimizer, m), batches_forever(data.train),
                            min_lr=cfg.min_lr, max_lr=cfg.max_lr, num_steps=cfg.num_steps, beta=cfg.smoothing,
                            diverge_factor=cfg.diverge_factor, skip_start=cfg.skip_start, skip_end=cfg.skip_end)
     out = FigureWriter(out_dir, tensorboard=True)

@@ -22,6 +22,7 @@ from other load on the machine than the absolute numbers). GFLOP/s counts the mo
 """
 import argparse
 import copy
+import dataclasses
 import itertools
 import statistics
 import sys
@@ -42,6 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import optimizers  # noqa: E402
+from data import batches_forever  # noqa: E402
 from training.precision import DTYPES  # noqa: E402
 from training.run import build_trainer  # noqa: E402
 
@@ -83,11 +85,9 @@ class PILImages(Dataset):
         return self.transform(Image.fromarray(self.arrays[i])), self.labels[i]
 
 
-def forever(loader):
-    """Batches of successive epochs (``set_epoch`` per pass for the framework's loader)."""
-    for epoch in itertools.count():
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)
+def forever(loader: DataLoader):
+    """A DataLoader's batches, pass after pass (data.batches_forever does this for the framework's loader)."""
+    while True:
         yield from loader
 
 
@@ -125,7 +125,7 @@ def bare_loop(cfg, trainer):
     optimizer = optimizers.build(cfg.optimizer, model)
     forward = torch.compile(model) if cfg.trainer.compile else model
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
-    return sgd_loop(forward, optimizer, forever(trainer.data.train), criterion, DTYPES.get(trainer.precision.mode))
+    return sgd_loop(forward, optimizer, batches_forever(trainer.data.train), criterion, DTYPES.get(trainer.precision.mode))
 
 
 def trainer_loop(trainer):
@@ -150,7 +150,8 @@ def benchmark(case: str, data: list[str], *, steps: int, rounds: int, workers: i
                         *case.split()])
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = build_trainer(cfg, run_dir)
-        trainer.epochs = sys.maxsize  # go on past the configured epochs (evaluations run off the Trainer's clock)
+        # go on past the configured epochs (evaluations run off the Trainer's clock)
+        trainer.options = dataclasses.replace(trainer.options, epochs=sys.maxsize)
         runs = {"usual": usual_recipe(cfg, trainer, workers), "bare": bare_loop(cfg, trainer),
                 "trainer": trainer_loop(trainer)}
         for run in runs.values():  # warm-up: allocator, oneDNN primitives, DataLoader workers

@@ -4,10 +4,10 @@ from dataclasses import dataclass
 
 import torch
 
-from data.loader import BatchLoader
+from data.loader import BatchLoader, batches_forever
 from data.sources import SOURCES, DatasetNotFoundError
 
-__all__ = ["BatchLoader", "DatasetNotFoundError", "ImageData", "build", "subset"]
+__all__ = ["BatchLoader", "DatasetNotFoundError", "ImageData", "batches_forever", "build", "subset"]
 
 SUBSET_SEED = 0  # subsets are the first N of this one fixed permutation, whatever the run's seed
 
@@ -55,8 +55,10 @@ def channel_stats(images: torch.Tensor, chunk: int = 1024) -> tuple[tuple[float,
 def build(*, source: str, root: str, download: bool = False, batch_size: int = 128,
           eval_batch_size: int = 1000, train_subset: int | None = None, val_subset: int | None = None,
           crop_padding: int = 0, flip: bool = False, seed: int = 0, num_classes: int, in_channels: int,
-          image_size: int, **_meta) -> ImageData:
-    """Load both splits into memory and wrap them in loaders.
+          image_size: int, rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu",
+          memory_format: torch.memory_format = torch.contiguous_format) -> ImageData:
+    """Load both splits into memory and wrap them in loaders holding them on ``device``, rank ``rank`` of
+    ``world_size`` reading its own share of each batch.
 
     ``num_classes``, ``in_channels`` and ``image_size`` are the config's promise (models read them
     by interpolation before any data is loaded); they are checked against the data here.
@@ -73,7 +75,8 @@ def build(*, source: str, root: str, download: bool = False, batch_size: int = 1
                          f"{(num_classes, in_channels, image_size)}")
     train_x, train_y = subset(train_x, train_y, train_subset)
     val_x, val_y = subset(val_x, val_y, val_subset)
-    common = dict(mean=mean, std=std, seed=seed)
+    common = dict(mean=mean, std=std, seed=seed, rank=rank, world_size=world_size, device=device,
+                  memory_format=memory_format)
     train = BatchLoader(train_x, train_y, batch_size=batch_size, shuffle=True, drop_last=True,
                         crop_padding=crop_padding, flip=flip, **common)
     val = BatchLoader(val_x, val_y, batch_size=eval_batch_size, shuffle=False, drop_last=False, **common)

@@ -5,6 +5,7 @@ The dataset lives as one uint8 tensor (N, C, H, W). Each epoch draws, from a gen
 function of (seed, epoch): resuming at batch k of epoch e needs no saved generator, and under DDP
 every rank sees the same permutation and takes its own slice of each global batch.
 """
+import itertools
 from typing import Iterator
 
 import numpy as np
@@ -19,29 +20,33 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 class BatchLoader:
-    """Yields (inputs float32 normalised, labels int64) batches from uint8 images held in memory.
+    """Yields (inputs float32 normalised, labels int64) batches from uint8 images held in memory on ``device``,
+    in ``memory_format``.
 
     ``batch_size`` is per process; with ``world_size`` ranks a global batch holds
-    ``batch_size * world_size`` examples, rank r taking the r-th slice of it.
+    ``batch_size * world_size`` examples, rank ``rank`` taking the rank-th slice of it.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int,
                  mean: tuple[float, ...], std: tuple[float, ...], shuffle: bool, drop_last: bool,
-                 crop_padding: int = 0, flip: bool = False, seed: int = 0):
+                 crop_padding: int = 0, flip: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 device: torch.device | str = "cpu", memory_format: torch.memory_format = torch.contiguous_format):
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: must be >= 1")
         if crop_padding < 0:
             raise ValueError(f"crop_padding={crop_padding}: must be >= 0")
-        self.images, self.labels = images, labels
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank} is invalid for world_size={world_size}: must be in [0, world_size)")
+        self.images, self.labels = images.to(device), labels.to(device)  # the whole uint8 set: 150 MB for CIFAR-10
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.crop_padding, self.flip, self.seed = crop_padding, flip, seed
+        self.rank, self.world_size, self.memory_format = rank, world_size, memory_format
         channels = images.shape[1]
-        self._mean = torch.tensor(mean, dtype=torch.float32).view(1, channels, 1, 1) * 255
-        self._inv_std = 1 / (torch.tensor(std, dtype=torch.float32).view(1, channels, 1, 1) * 255)
-        self.rank, self.world_size = 0, 1
-        self.memory_format = torch.contiguous_format
+        mean_255 = torch.tensor(mean, dtype=torch.float32).view(1, channels, 1, 1) * 255  # (1, C, 1, 1)
+        std_255 = torch.tensor(std, dtype=torch.float32).view(1, channels, 1, 1) * 255
+        self._mean, self._inv_std = mean_255.to(device), (1 / std_255).to(device)
         self.epoch, self.start_batch = 0, 0
 
     @property
@@ -51,17 +56,6 @@ class BatchLoader:
     @property
     def global_batch_size(self) -> int:
         return self.batch_size * self.world_size
-
-    def shard(self, rank: int, world_size: int) -> "BatchLoader":
-        self.rank, self.world_size = rank, world_size
-        return self
-
-    def to(self, device: torch.device, memory_format: torch.memory_format = torch.contiguous_format) -> "BatchLoader":
-        """Hold the data on ``device`` (the whole uint8 set: 150 MB for CIFAR-10) and emit ``memory_format``."""
-        self.images, self.labels = self.images.to(device), self.labels.to(device)
-        self._mean, self._inv_std = self._mean.to(device), self._inv_std.to(device)
-        self.memory_format = memory_format
-        return self
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Select the epoch's permutation; the next iteration starts at batch ``start_batch``."""
@@ -122,3 +116,10 @@ class BatchLoader:
         cols = torch.where(flip[:, None], w - 1 - cols, cols) + dx[:, None]  # (B, W)
         x = padded.gather(2, rows[:, None, :, None].expand(bsz, ch, h, padded.shape[3]))  # (B, C, H, W+2p)
         return x.gather(3, cols[:, None, None, :].expand(bsz, ch, h, w))  # (B, C, H, W)
+
+
+def batches_forever(loader: BatchLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The loader's batches, epoch after epoch (epoch 0, 1, ...), as a run sees them."""
+    for epoch in itertools.count():
+        loader.set_epoch(epoch)
+        yield from loader

@@ -69,7 +69,7 @@ def test_crop_and_flip_match_a_per_image_reference():
 
 def test_shards_are_disjoint_slices_of_the_global_batch():
     single = make_loader(batch_size=16)
-    ranks = [make_loader(batch_size=8).shard(r, 2) for r in range(2)]
+    ranks = [make_loader(batch_size=8, rank=r, world_size=2) for r in range(2)]
     for ld in (single, *ranks):
         ld.set_epoch(2)
     assert len(ranks[0]) == len(single)
@@ -78,7 +78,7 @@ def test_shards_are_disjoint_slices_of_the_global_batch():
 
 
 def test_eval_shards_cover_every_example_once():
-    ranks = [make_loader(n=37, batch_size=10, shuffle=False, drop_last=False).shard(r, 2) for r in range(2)]
+    ranks = [make_loader(n=37, batch_size=10, shuffle=False, drop_last=False, rank=r, world_size=2) for r in range(2)]
     seen = torch.cat([y for ld in ranks for _, y in ld])
     assert sorted(seen.tolist()) == list(range(37))
 

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from conftest import compose_cfg
 from fake_cuda import FakeCuda
-from training.run import choose_precision
+from training.precision import resolve_precision
 from utils import device
 from utils.device import cpu_bf16_instructions, resolve_device
 
@@ -34,12 +34,11 @@ def test_no_cpuinfo_means_no_bf16(tmp_path):
     ([], "fp32", "this CPU has none of amx_bf16, avx512_bf16"),
 ])
 def test_auto_precision_names_what_it_found(monkeypatch, caplog, found, chosen, says):
-    monkeypatch.setattr(device, "cpu_bf16_instructions", lambda: found)
-    monkeypatch.setattr("training.run.cpu_bf16_instructions", lambda: found)
-    with caplog.at_level(logging.INFO, logger="training.run"):
-        assert choose_precision("auto", torch.device("cpu")) == chosen
+    monkeypatch.setattr("training.precision.cpu_bf16_instructions", lambda: found)
+    with caplog.at_level(logging.INFO, logger="training.precision"):
+        assert resolve_precision("auto", torch.device("cpu")) == chosen
     assert f"precision auto -> {chosen}: {says}" in caplog.text
-    assert choose_precision("fp32", torch.device("cpu")) == "fp32"
+    assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
 
 
 def test_cuda_without_a_gpu_is_refused_in_one_line():

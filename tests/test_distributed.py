@@ -268,8 +268,8 @@ def test_ddp_cnn_reaches_the_single_process_accuracy(tmp_path):
     assert single_acc > 0.9 and abs(reported["val_acc"] - single_acc) <= 0.02
     evaluator = build_trainer(compose_cfg(*cnn), tmp_path / "eval")
     evaluator.resume(tmp_path / "ddp" / "checkpoints" / "last.pt")
-    val_loss, val_acc = evaluator.evaluate()
-    assert val_loss == pytest.approx(reported["val_loss"], rel=1e-5) and val_acc == reported["val_acc"]
+    scores = evaluator.evaluate()
+    assert scores["loss"] == pytest.approx(reported["val_loss"], rel=1e-5) and scores["acc"] == reported["val_acc"]
 
 
 def worker_pid(agent_pid: int, rank: int) -> int | None:

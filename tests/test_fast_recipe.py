@@ -77,7 +77,8 @@ def shift_up_left(x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("tta", ["none", "flip", "flip_translate"])
 def test_test_time_augmentation_averages_the_logits_of_shifted_and_mirrored_images(cfg, tmp_path, tta):
     trainer = build_trainer(cfg("model=cnn", f"trainer.tta={tta}", "trainer.precision=fp32"), tmp_path)
-    loss, acc = trainer.evaluate()
+    scores = trainer.evaluate()
+    loss, acc = scores["loss"], scores["acc"]
     model, (x, y) = trainer.model.eval(), next(iter(trainer.data.val))
     assert len(y) == trainer.data.val.num_examples
     with torch.no_grad():

@@ -77,7 +77,7 @@ def test_models_train_on_the_meta_device(name):
 def test_loader_builds_batches_on_the_data_device():
     images = torch.randint(0, 256, (100, 3, 8, 8), dtype=torch.uint8)
     loader = BatchLoader(images, torch.arange(100), batch_size=16, mean=(0.5,) * 3, std=(0.25,) * 3, shuffle=True,
-                         drop_last=True, crop_padding=2, flip=True).to(META, torch.channels_last)
+                         drop_last=True, crop_padding=2, flip=True, device=META, memory_format=torch.channels_last)
     batches = list(loader)
     assert len(batches) == 6
     for x, y in batches:

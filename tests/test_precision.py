@@ -7,6 +7,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from training import checkpoint
 from training.run import build_trainer, train
+from training.step import train_step
 from training.trainer import DivergenceError
 
 pytestmark = pytest.mark.needs_data
@@ -25,23 +26,30 @@ def snapshot(trainer):
 
 @pytest.mark.parametrize("loss_scale", [None, 1024.0])
 def test_fp16_overflow_skips_the_step_and_backs_off(cfg, tmp_path, loss_scale):
-    trainer = build_trainer(cfg("trainer.precision=fp16", f"trainer.loss_scale={loss_scale or 'null'}",
-                                "optimizer=adam"), tmp_path)
+    overrides = ("trainer.precision=fp16", f"trainer.loss_scale={loss_scale or 'null'}", "optimizer=adam")
+    trainer = build_trainer(cfg(*overrides), tmp_path / "steps")
     x, y = one_batch(trainer)
-    trainer._train_step(x, y)  # a clean step creates the optimizer state
+
+    def step():
+        return train_step(trainer.model, trainer.criterion, trainer.optimizer, trainer.precision, x, y)
+
+    step()  # a clean step creates the optimizer state
     scale = trainer.precision.scale()
     before = snapshot(trainer)
     handle = trainer.model.head.weight.register_hook(lambda g: torch.full_like(g, math.inf))
-    trainer._train_step(x, y)
+    overflowed = step()
     handle.remove()
     after = snapshot(trainer)
     assert all(torch.equal(a, b) for a, b in zip(before[0], after[0]))
     assert all(torch.equal(a[k], b[k]) for a, b in zip(before[1], after[1]) for k in a if torch.is_tensor(a[k]))
+    assert not torch.isfinite(overflowed.grad_norm)
     assert trainer.precision.scale() == (scale / 2 if loss_scale is None else loss_scale)
-    trainer._train_step(x, y)  # training continues
+    step()  # training continues
     assert not all(torch.equal(a, p) for a, p in zip(after[0], trainer.model.parameters()))
-    trainer._flush(None, 0.0)
-    assert trainer.skipped_steps == 1
+
+    run = build_trainer(cfg(*overrides, "trainer.max_steps=3"), tmp_path / "fit")  # the Trainer counts it
+    run.model.head.weight.register_hook(lambda g: torch.full_like(g, math.inf) if run.global_step == 1 else g)
+    assert run.fit()["global_step"] == 3 and run.skipped_steps == 1
 
 
 LOW_PRECISION_RUNS = [

@@ -6,11 +6,10 @@ import time
 import pytest
 import torch
 import torch.nn as nn
-from omegaconf import OmegaConf
 
 from conftest import CIFAR_FOLDER, DATA_ROOT, REPO
 from data.sources import SOURCES
-from training.run import SanityError, build_trainer, run_sanity, train
+from training.run import SanityError, build_trainer, run_sanity, sanity_check, train
 from training.sanity import check_data
 from training.validate import ConfigError
 
@@ -43,8 +42,7 @@ def synthetic(monkeypatch):
 
 def trainer_for(cfg, synthetic, tmp_path, *overrides, dataset="mnist"):
     composed = cfg(*synthetic(dataset), *FAST, *overrides)
-    trainer = build_trainer(composed, tmp_path)
-    return trainer, OmegaConf.to_container(composed.sanity)
+    return build_trainer(composed, tmp_path), composed
 
 
 def failed(report) -> dict[str, str]:
@@ -54,9 +52,9 @@ def failed(report) -> dict[str, str]:
 def test_healthy_mlp_cnn_resnet20_pass_every_check_within_a_minute(cfg, synthetic, tmp_path):
     seconds = {}
     for model, dataset in (("mlp", "mnist"), ("cnn", "cifar10"), ("resnet20", "cifar10")):
-        trainer, options = trainer_for(cfg, synthetic, tmp_path / model, f"model={model}", dataset=dataset)
+        trainer, composed = trainer_for(cfg, synthetic, tmp_path / model, f"model={model}", dataset=dataset)
         started = time.process_time()  # CPU seconds: other jobs on a shared machine do not count against us
-        report = trainer.sanity_check(**options)
+        report = sanity_check(trainer, composed)
         seconds[model] = time.process_time() - started
         assert report.passed, f"{model}:\n{report.table()}"
         assert [r.name for r in report.results] == ["data", "init_loss", "overfit", "gradient_flow", "loss_decrease"]
@@ -74,14 +72,14 @@ def test_healthy_nets_pass_every_check_on_real_data_with_the_default_options(cfg
     root = DATA_ROOT if dataset == "mnist" else CIFAR_FOLDER
     composed = cfg(f"model={model}", f"data={dataset}", f"data.root={root}", "data.train_subset=2048",
                    "data.val_subset=null", "data.batch_size=128")
-    report = build_trainer(composed, tmp_path).sanity_check(**OmegaConf.to_container(composed.sanity))
+    report = sanity_check(build_trainer(composed, tmp_path), composed)
     print(report.table())
     assert report.passed, report.summary()
 
 
 def test_zero_learning_rate_fails_the_overfit_check(cfg, synthetic, tmp_path):
-    trainer, options = trainer_for(cfg, synthetic, tmp_path, "optimizer.lr=0")
-    report = trainer.sanity_check(**options)
+    trainer, composed = trainer_for(cfg, synthetic, tmp_path, "optimizer.lr=0")
+    report = sanity_check(trainer, composed)
     assert "overfit" in failed(report) and "overfit" in report.summary()
     overfit = next(r for r in report.results if r.name == "overfit")
     assert overfit.numbers["steps"] == 100 and overfit.numbers["lr"] == 0
@@ -89,18 +87,18 @@ def test_zero_learning_rate_fails_the_overfit_check(cfg, synthetic, tmp_path):
 
 
 def test_frozen_parameter_is_named_by_gradient_flow(cfg, synthetic, tmp_path):
-    trainer, options = trainer_for(cfg, synthetic, tmp_path, "sanity.checks=[gradient_flow]")
+    trainer, composed = trainer_for(cfg, synthetic, tmp_path, "sanity.checks=[gradient_flow]")
     trainer.model.layers[1][0].weight.requires_grad_(False)
-    message = failed(trainer.sanity_check(**options))["gradient_flow"]
+    message = failed(sanity_check(trainer, composed))["gradient_flow"]
     assert "layers.1.0.weight: requires_grad=False" in message
     assert "layers.0.0" not in message and "head" not in message
 
 
 def test_twenty_layer_sigmoid_mlp_fails_gradient_flow_as_vanishing(cfg, synthetic, tmp_path):
     depth_20 = f"model.hidden_sizes=[{','.join(['64'] * 19)}]"  # and the head: 20 weight layers
-    trainer, options = trainer_for(cfg, synthetic, tmp_path, "model=deep_mlp", depth_20, "model.activation=sigmoid",
+    trainer, composed = trainer_for(cfg, synthetic, tmp_path, "model=deep_mlp", depth_20, "model.activation=sigmoid",
                                    "sanity.checks=[gradient_flow]")
-    result = trainer.sanity_check(**options).results[0]
+    result = sanity_check(trainer, composed).results[0]
     assert not result.passed and result.message.startswith("vanishing gradients in ")
     first_row = next(line for line in result.details.splitlines() if line.startswith("layers.0.0 "))
     assert result.numbers["max/min"] > 1e5 and first_row.endswith("vanishing (< largest / 100000)")
@@ -117,9 +115,9 @@ class Detached(nn.Module):
 
 
 def test_detached_output_kills_that_layer_and_every_one_before_it(cfg, synthetic, tmp_path):
-    trainer, options = trainer_for(cfg, synthetic, tmp_path, "sanity.checks=[gradient_flow]")
+    trainer, composed = trainer_for(cfg, synthetic, tmp_path, "sanity.checks=[gradient_flow]")
     trainer.model.layers[1] = Detached(trainer.model.layers[1])
-    result = trainer.sanity_check(**options).results[0]
+    result = sanity_check(trainer, composed).results[0]
     assert not result.passed
     for name in ("layers.0.0.weight", "layers.0.0.bias", "layers.1.inner.0.weight", "layers.1.inner.0.bias"):
         assert f"{name}: no gradient" in result.message
@@ -130,10 +128,10 @@ def test_detached_output_kills_that_layer_and_every_one_before_it(cfg, synthetic
 def test_shuffled_labels_still_overfit_but_fail_on_held_out_batches(cfg, synthetic, tmp_path):
     """16 noisy labels can be memorised (overfit passes); the training loss falls as the net memorises the
     256 training examples over 40 steps (5 epochs), but the held-out loss does not: loss_decrease fails."""
-    trainer, options = trainer_for(cfg, synthetic, tmp_path, "data.train_subset=256", "sanity.decrease_steps=40")
+    trainer, composed = trainer_for(cfg, synthetic, tmp_path, "data.train_subset=256", "sanity.decrease_steps=40")
     labels = trainer.data.train.labels
     labels.copy_(labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))])
-    report = trainer.sanity_check(**options)
+    report = sanity_check(trainer, composed)
     assert set(failed(report)) == {"loss_decrease"}, report.table()
     decrease = report.failed[0]
     assert decrease.numbers["train_last"] < 0.9 * decrease.numbers["train_first"]  # it memorised ...
@@ -159,18 +157,18 @@ def test_data_check_finds_nan_inputs_bad_labels_and_missing_normalisation():
 
 
 def test_overconfident_initial_logits_fail_the_init_loss_check(cfg, synthetic, tmp_path):
-    trainer, options = trainer_for(cfg, synthetic, tmp_path, "sanity.checks=[init_loss]")
+    trainer, composed = trainer_for(cfg, synthetic, tmp_path, "sanity.checks=[init_loss]")
     with torch.no_grad():
         trainer.model.head.weight.mul_(100)
-    result = trainer.sanity_check(**options).results[0]
+    result = sanity_check(trainer, composed).results[0]
     assert not result.passed and result.numbers["loss"] > 6 * result.numbers["expected"]
 
 
 def test_checks_leave_the_run_untouched(cfg, synthetic, tmp_path):
-    trainer, options = trainer_for(cfg, synthetic, tmp_path, "model=mlp", "model.dropout=0.1")
+    trainer, composed = trainer_for(cfg, synthetic, tmp_path, "model=mlp", "model.dropout=0.1")
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     rng = torch.get_rng_state()
-    assert trainer.sanity_check(**options).passed
+    assert sanity_check(trainer, composed).passed
     assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
     assert not trainer.optimizer.state and torch.equal(rng, torch.get_rng_state())
 
@@ -213,21 +211,21 @@ def test_a_slow_start_passes_loss_decrease_and_divergence_is_named_as_overshooti
     """Plain SGD at a small LR moves the held-out loss by under 5% in 20 steps: slow, not broken. At lr 10 the
     loss explodes: both checks say so, never "too small"."""
     checks = "sanity.checks=[overfit,loss_decrease]"
-    slow, options = trainer_for(cfg, synthetic, tmp_path / "slow", "optimizer=sgd", "optimizer.lr=0.001", checks)
-    decrease = slow.sanity_check(**options).results[1]
+    slow, composed = trainer_for(cfg, synthetic, tmp_path / "slow", "optimizer=sgd", "optimizer.lr=0.001", checks)
+    decrease = sanity_check(slow, composed).results[1]
     assert decrease.passed and "a slow start" in decrease.message, decrease.message
     assert 0 < 1 - decrease.numbers["heldout_after"] / decrease.numbers["heldout_before"] < 0.05
-    fast, options = trainer_for(cfg, synthetic, tmp_path / "fast", "optimizer=sgd", "optimizer.lr=10", checks)
-    overfit, decrease = fast.sanity_check(**options).results
+    fast, composed = trainer_for(cfg, synthetic, tmp_path / "fast", "optimizer=sgd", "optimizer.lr=10", checks)
+    overfit, decrease = sanity_check(fast, composed).results
     assert not overfit.passed and "overshoot (learning rate too large?)" in overfit.message
     assert overfit.numbers["peak_loss"] > 2 * overfit.numbers["first_loss"]
     assert not decrease.passed and "too large?" in decrease.message and "small" not in decrease.message
 
 
 def test_parameters_the_model_freezes_on_purpose_pass_gradient_flow(cfg, synthetic, tmp_path):
-    trainer, options = trainer_for(cfg, synthetic, tmp_path, "model=airbench", "model.widths=[8,16,16]",
-                                   "sanity.checks=[gradient_flow]", dataset="cifar10")
+    trainer, composed = trainer_for(cfg, synthetic, tmp_path, "model=airbench", "model.widths=[8,16,16]",
+                                    "sanity.checks=[gradient_flow]", dataset="cifar10")
     assert not trainer.model.whiten.weight.requires_grad
-    result = trainer.sanity_check(**options).results[0]
+    result = sanity_check(trainer, composed).results[0]
     assert result.passed, result.message
     assert next(l for l in result.details.splitlines() if l.startswith("whiten ")).endswith("ok")

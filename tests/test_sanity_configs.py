@@ -3,10 +3,9 @@ checks on real data (the image-folder CIFAR-10 for conv nets). Slow: minutes per
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
 from conftest import CONFIG_DIR, DATA_ROOT, compose_cfg
-from training.run import build_trainer
+from training.run import build_trainer, sanity_check
 
 pytestmark = [pytest.mark.slow, pytest.mark.needs_data]
 
@@ -32,6 +31,6 @@ def test_sanity_checks_pass(choice, tmp_path):
     cfg = compose_cfg(f"paths.data_root={DATA_ROOT}", *data, choice, "data.train_subset=2048", "data.val_subset=null",
                       tiny=False)
     cfg.trainer.device = "cpu"
-    report = build_trainer(cfg, tmp_path).sanity_check(**OmegaConf.to_container(cfg.sanity))
+    report = sanity_check(build_trainer(cfg, tmp_path), cfg)
     print(report.table())
     assert report.passed, report.summary()

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn.utils import clip_grad_norm_, clip_grad_value_, get_total_norm
 
-MODES = ("none", "norm", "value", "agc")
+from training.options import CLIP_MODES as MODES
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,31 @@ optimizer state untouched. Dynamic scaling (torch.amp.GradScaler) halves S on ov
 it after ``growth_interval`` clean steps; a static scale keeps S fixed. bf16 has fp32's exponent
 range, so it needs no scaler.
 """
+import logging
 from contextlib import nullcontext
 
 import torch
 
+from utils.device import BF16_FLAGS, cpu_bf16_instructions
+
+log = logging.getLogger(__name__)
+
 PRECISIONS = ("fp32", "bf16", "fp16")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``auto``: the fastest safe precision, bf16 where the hardware computes it natively (a CUDA GPU that
+    supports it; a CPU with bf16 matrix instructions), else fp32. Any other name is returned as it is."""
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    found = cpu_bf16_instructions()
+    chosen = "bf16" if found else "fp32"
+    log.info("precision auto -> %s: this CPU %s", chosen,
+             f"has {', '.join(found)}" if found else f"has none of {', '.join(BF16_FLAGS)}")
+    return chosen
 
 
 class Precision:

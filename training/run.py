@@ -1,14 +1,16 @@
 """Composition: a composed config in, a trained model's summary out.
 
 ``train(cfg)`` is what ``train.py`` calls under Hydra, and what tests call with a config composed by
-``hydra.compose``. Order matters: validate the config, build model and optimizer (their constructors
-check their arguments), and only then load data.
+``hydra.compose``. ``build_trainer`` reads the config and calls one small builder per part (runtime, model,
+optimization, data), each taking plain arguments. Order matters: validate the config, build model and
+optimizer (their constructors check their arguments), and only then load data.
 """
 import logging
 import sys
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -16,13 +18,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import optimizers
+from data import ImageData
 from models import has_conv
 from training import checkpoint, distributed
-from training.compiling import maybe_compile
-from training.precision import Precision
-from training.trainer import Trainer
+from training.options import TrainerOptions
+from training.precision import Precision, resolve_precision
+from training.sanity import Recipe, SanityReport, run_checks
+from training.step import GradientClip
+from training.trainer import Runtime, Trainer
 from training.validate import validate
-from utils.device import BF16_FLAGS, auto_precision, cpu_bf16_instructions
 from utils.seed import seed_everything
 
 log = logging.getLogger(__name__)
@@ -32,52 +36,75 @@ class SanityError(RuntimeError):
     """A pre-flight check failed with trainer.sanity=run."""
 
 
+def build_runtime(device: str, precision: str, loss_scale: float | None, run_dir: str | Path) -> Runtime:
+    """Join the process group (under torchrun), bind this process's device, resolve ``precision=auto``."""
+    env, bound = distributed.setup(device)
+    run_dir = distributed.main_run_dir(run_dir, env)
+    distributed.quiet_other_ranks(env)
+    return Runtime(bound, Precision(resolve_precision(precision, bound), bound, loss_scale), run_dir, env)
+
+
+def build_model(model: nn.Module, runtime: Runtime, channels_last: bool | str) -> torch.memory_format:
+    """Move ``model`` to the run's device in its memory format (``auto``: NHWC for conv nets); the format."""
+    memory_format = torch.channels_last if _channels_last(channels_last, model) else torch.contiguous_format
+    if runtime.precision.mode == "fp16" and runtime.device.type == "cpu" and has_conv(model):
+        log.warning("fp16 on the CPU: torch's fp16 convolution backward is a reference kernel (~100x slower "
+                    "than bf16 here); prefer trainer.precision=bf16 on the CPU")
+    model.to(runtime.device).to(memory_format=memory_format)
+    return memory_format
+
+
+def build_data(make_data, runtime: Runtime, memory_format: torch.memory_format, model: nn.Module) -> ImageData:
+    """The loaders from ``make_data(**placement)``, already sharded over the ranks and on the run's device;
+    a model with a data-dependent init (models.AirbenchNet's whitening layer) gets it here."""
+    data = make_data(rank=runtime.dist.rank, world_size=runtime.dist.world_size, device=runtime.device,
+                     memory_format=memory_format)
+    if hasattr(model, "init_from_data"):
+        model.init_from_data(data.train.images, data.mean, data.std)
+    return data
+
+
+def build_schedule(make_schedule, optimizer: torch.optim.Optimizer, data: ImageData, *, epochs: int,
+                   max_steps: int | None, full_batch: bool):
+    """The per-step LR schedule over the run's length: ``epochs`` x steps per epoch, capped by ``max_steps``."""
+    steps_per_epoch = 1 if full_batch else len(data.train)
+    if steps_per_epoch == 0:
+        raise ValueError(f"data.batch_size={data.train.batch_size} x {data.train.world_size} process(es) exceeds "
+                         f"the {data.train.num_examples} training examples: lower the batch size or enlarge "
+                         f"train_subset")
+    total_steps = min(epochs * steps_per_epoch, max_steps or sys.maxsize)
+    return make_schedule(optimizer, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+
+
+def trainer_options(t: DictConfig, progress_bar: bool) -> TrainerOptions:
+    return TrainerOptions(
+        epochs=t.epochs, max_steps=t.max_steps, clip_mode=t.clip.mode, clip_max=t.clip.max,
+        label_smoothing=t.label_smoothing, closure=t.closure, on_nan=t.on_nan,
+        checkpoint_every_n_steps=t.checkpoint_every_n_steps, keep_last_k=t.keep_last_k, progress_bar=progress_bar,
+        tta=t.tta, val_every_n_epochs=t.val_every_n_epochs, compile=t.compile)
+
+
 def build_trainer(cfg: DictConfig, run_dir: str | Path) -> Trainer:
     validate(cfg, run_dir)  # and create the run directory, or say why it cannot be written
     t = cfg.trainer
-    env, device = distributed.setup(t.device)
-    run_dir = distributed.main_run_dir(run_dir, env)
-    distributed.quiet_other_ranks(env)
+    runtime = build_runtime(t.device, t.precision, t.loss_scale, run_dir)
     seed_everything(t.seed, t.deterministic)
-    precision = choose_precision(t.precision, device)
-
-    model = instantiate(cfg.model).to(device)
-    memory_format = torch.channels_last if _channels_last(t.channels_last, model) else torch.contiguous_format
-    if precision == "fp16" and device.type == "cpu" and has_conv(model):
-        log.warning("fp16 on the CPU: torch's fp16 convolution backward is a reference kernel (~100x slower "
-                    "than bf16 here); prefer trainer.precision=bf16 on the CPU")
-    model = model.to(memory_format=memory_format)
+    model = instantiate(cfg.model)
+    memory_format = build_model(model, runtime, t.channels_last)
     optimizer = optimizers.build(cfg.optimizer, model)
-
-    data = instantiate(cfg.data)
-    for loader in (data.train, data.val):
-        loader.shard(env.rank, env.world_size).to(device, memory_format)
-    if hasattr(model, "init_from_data"):  # a data-dependent init (models.AirbenchNet's whitening layer)
-        model.init_from_data(data.train.images, data.mean, data.std)
+    data = build_data(instantiate(cfg.data, _partial_=True), runtime, memory_format, model)
     full_batch = getattr(optimizer, "requires_closure", False) and t.closure == "full_batch"
-    steps_per_epoch = 1 if full_batch else len(data.train)
-    if steps_per_epoch == 0:
-        raise ValueError(f"data.batch_size={data.train.batch_size} x {env.world_size} process(es) exceeds the "
-                         f"{data.train.num_examples} training examples: lower the batch size or enlarge train_subset")
-    total_steps = min(t.epochs * steps_per_epoch, t.max_steps or sys.maxsize)
-    scheduler = instantiate(cfg.scheduler)(optimizer, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
-
-    logger = instantiate(cfg.logger)(run_dir=run_dir, enabled=env.is_main)
+    scheduler = build_schedule(instantiate(cfg.scheduler), optimizer, data, epochs=t.epochs, max_steps=t.max_steps,
+                               full_batch=full_batch)
+    env = runtime.dist
+    logger = instantiate(cfg.logger)(run_dir=runtime.run_dir, enabled=env.is_main)
     progress = (sys.stderr.isatty() if t.progress_bar == "auto" else t.progress_bar) and env.is_main
-    log.info("device %s, precision %s, %s, %d process(es); global batch %d, base lr %g, %d steps",
-             device, precision, "channels_last" if memory_format == torch.channels_last else "NCHW",
-             env.world_size, data.train.global_batch_size, optimizer.param_groups[0]["lr"], total_steps)
-    return Trainer(
-        model, optimizer, scheduler, data, run_dir=run_dir, logger=logger,
-        precision=Precision(precision, device, t.loss_scale), device=device, epochs=t.epochs,
-        max_steps=t.max_steps, clip_mode=t.clip.mode, clip_max=t.clip.max, label_smoothing=t.label_smoothing,
-        closure=t.closure, on_nan=t.on_nan, checkpoint_every_n_steps=t.checkpoint_every_n_steps,
-        keep_last_k=t.keep_last_k, progress_bar=progress, dist=env,
-        forward_model=maybe_compile(distributed.wrap_model(model, env, device), t.compile),
-        optimizer_factory=lambda m: optimizers.build(cfg.optimizer, m),
-        monitor=instantiate(cfg.monitor)(logger) if "monitor" in cfg else None, tta=t.tta,
-        val_every_n_epochs=t.val_every_n_epochs,
-        config={"resolved": OmegaConf.to_container(cfg, resolve=True), "hparams": hparams(cfg)})
+    log.info("device %s, precision %s, %s, %d process(es); global batch %d, base lr %g, %d steps", runtime.device,
+             runtime.precision.mode, "channels_last" if memory_format == torch.channels_last else "NCHW",
+             env.world_size, data.train.global_batch_size, optimizer.param_groups[0]["lr"], scheduler.total_steps)
+    return Trainer(model, optimizer, scheduler, data, logger, runtime, trainer_options(t, progress),
+                   monitor=instantiate(cfg.monitor)(logger) if "monitor" in cfg else None,
+                   config={"resolved": OmegaConf.to_container(cfg, resolve=True), "hparams": hparams(cfg)})
 
 
 def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
@@ -95,9 +122,18 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         distributed.shutdown(trainer.dist)
 
 
-def run_sanity(trainer: Trainer, cfg: DictConfig) -> None:
+def sanity_check(trainer: Trainer, cfg: DictConfig) -> SanityReport:
+    """The pre-flight checks (``cfg.sanity``) on copies of the trainer's model, trained as the run trains:
+    its loss, precision, clipping and a fresh optimizer of ``cfg.optimizer``. The run's weights and RNGs stay."""
+    recipe = Recipe(lambda m: optimizers.build(cfg.optimizer, m), trainer.criterion, trainer.precision,
+                    GradientClip(trainer.clip.mode, trainer.clip.max_value), lockstep=trainer.dist.enabled)
     options = OmegaConf.to_container(cfg.sanity, resolve=True) if "sanity" in cfg else {}
-    report = trainer.sanity_check(**options)
+    with torch.random.fork_rng(devices=[trainer.device] if trainer.device.type == "cuda" else []):
+        return run_checks(trainer.model, recipe, trainer.data, **options)
+
+
+def run_sanity(trainer: Trainer, cfg: DictConfig) -> None:
+    report = sanity_check(trainer, cfg)
     log.info("sanity checks (every number in sanity.txt):\n%s", report.table())
     if trainer.dist.is_main:
         (trainer.run_dir / "sanity.txt").write_text(report.table(details=True) + "\n")
@@ -115,17 +151,6 @@ def resume_path(resume: str | None, run_dir: Path) -> Path | None:
     if resume == "auto":
         return checkpoint.find_last(run_dir / "checkpoints")
     return Path(resume)
-
-
-def choose_precision(name: str, device: torch.device) -> str:
-    if name != "auto":
-        return name
-    chosen = auto_precision(device)
-    if device.type == "cpu":
-        found = cpu_bf16_instructions()
-        log.info("precision auto -> %s: this CPU %s", chosen,
-                 f"has {', '.join(found)}" if found else f"has none of {', '.join(BF16_FLAGS)}")
-    return chosen
 
 
 def _channels_last(setting, model) -> bool:

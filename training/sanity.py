@@ -1,7 +1,8 @@
 """Pre-flight checks, each a function returning a CheckResult: its numbers and a verdict.
 
-``run_checks(trainer, **options)`` runs them on throw-away copies of the model and optimizer (the run
-starts from the untouched initial weights) with the run's criterion, precision and clipping. ``batch`` is
+``run_checks(model, make_optimizer, data, precision, ...)`` runs them on throw-away copies of the model and
+optimizer (the run starts from the untouched initial weights), stepping with the run's ``train_step``
+(training/step.py): its loss, precision and clipping. ``batch`` is
 the run's first training batch (augmented as in training); ``held-out`` ``heldout_samples`` validation
 examples drawn by a fixed permutation (never augmented: an image folder stores its examples class by class).
 
@@ -26,14 +27,17 @@ import copy
 import itertools
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
 
-from training.clipping import clip_gradients
+from data import ImageData, batches_forever
+
 from training.monitor import parameter_layers
 from training.precision import Precision
+from training.step import GradientClip, LossFn, closure_step, needs_closure, train_step
 from training.validate import ConfigError
 
 CHECKS = ("data", "init_loss", "overfit", "gradient_flow", "loss_decrease")
@@ -118,24 +122,36 @@ class SanityOptions:
         return cls(**options)
 
 
-def run_checks(trainer, **options) -> SanityReport:
-    """Run the chosen checks on copies; ``trainer`` gives model, optimizer_factory, criterion, precision, data."""
+@dataclass(frozen=True)
+class Recipe:
+    """How the run trains, for the checks' copies: a fresh optimizer for a model, the loss, the precision
+    (each copy gets its own loss scaler) and the clipping. ``lockstep``: under DDP, where every rank must make
+    the same number of forward passes (SyncBatchNorm), so no check may stop early."""
+    make_optimizer: Callable[[nn.Module], torch.optim.Optimizer]
+    loss_fn: LossFn
+    precision: Precision
+    clip: GradientClip = GradientClip()
+    lockstep: bool = False
+
+
+def run_checks(model: nn.Module, recipe: Recipe, data: ImageData, **options) -> SanityReport:
+    """Run the chosen checks on copies of ``model``, trained as ``recipe`` says on ``data``'s batches."""
     opts = SanityOptions.parse(options)
-    data = trainer.data
     batch = _take(data.train, max(opts.overfit_samples, data.train.batch_size))
     heldout = data.val.sample(opts.heldout_samples)
     run = {
         "data": lambda: check_data({"train": batch[0], "held-out": heldout[0]},
                                    {"train": data.train.labels, "val": data.val.labels}, data.num_classes,
                                    stats_of="held-out", mean_tol=opts.data_mean_tol, std_tol=opts.data_std_tol),
-        "init_loss": lambda: check_init_loss(trainer, batch, data.num_classes, factor=opts.init_loss_factor),
-        "overfit": lambda: check_overfit(trainer, (batch[0][:opts.overfit_samples], batch[1][:opts.overfit_samples]),
+        "init_loss": lambda: check_init_loss(model, recipe, batch, data.num_classes, factor=opts.init_loss_factor),
+        "overfit": lambda: check_overfit(model, recipe, (batch[0][:opts.overfit_samples],
+                                                         batch[1][:opts.overfit_samples]),
                                          target_acc=opts.overfit_acc, max_steps=opts.overfit_steps,
                                          loss_ratio=opts.overfit_loss_ratio),
-        "gradient_flow": lambda: check_gradient_flow(trainer.model, trainer.criterion, batch,
+        "gradient_flow": lambda: check_gradient_flow(model, recipe.loss_fn, batch,
                                                      explode_above=opts.grad_explode_above,
                                                      max_ratio=opts.grad_max_ratio),
-        "loss_decrease": lambda: check_loss_decrease(trainer, _stream(data.train), heldout,
+        "loss_decrease": lambda: check_loss_decrease(model, recipe, batches_forever(data.train), heldout,
                                                      steps=opts.decrease_steps, min_decrease=opts.decrease_min),
     }
     results = []
@@ -170,17 +186,18 @@ def check_data(inputs: dict[str, torch.Tensor], labels: dict[str, torch.Tensor],
 
 
 @torch.no_grad()
-def check_init_loss(trainer, batch: Batch, num_classes: int, *, factor: float) -> CheckResult:
+def check_init_loss(model: nn.Module, recipe: Recipe, batch: Batch, num_classes: int, *,
+                    factor: float) -> CheckResult:
     """L0 = CE(model(x), y) at initialisation against ln C: within a factor ``factor`` either way."""
-    model = copy.deepcopy(trainer.model).train()
-    with trainer.precision.autocast():
+    model = copy.deepcopy(model).train()
+    with recipe.precision.autocast():
         logits = model(batch[0]).float()  # (B, outputs)
     expected = math.log(num_classes)
     numbers = {"loss": float("nan"), "expected": expected, "outputs": logits.shape[1]}
     if logits.shape[1] != num_classes:
         return _result("init_loss", [f"the model outputs {logits.shape[1]} logits for {num_classes} classes"],
                        numbers, "")
-    loss = trainer.criterion(logits, batch[1]).item()
+    loss = recipe.loss_fn(logits, batch[1]).item()
     numbers.update(loss=loss, ratio=loss / expected, logit_std=logits.std().item())
     ok = expected / factor <= loss <= factor * expected
     problem = (f"loss {loss:.4g} at initialisation, expected ln({num_classes}) = {expected:.4g} within a factor "
@@ -190,19 +207,18 @@ def check_init_loss(trainer, batch: Batch, num_classes: int, *, factor: float) -
                    f"loss {loss:.4g} vs ln({num_classes}) = {expected:.4g} (allowed x{1 / factor:.3g}..x{factor:g})")
 
 
-def check_overfit(trainer, batch: Batch, *, target_acc: float, max_steps: int, loss_ratio: float) -> CheckResult:
+def check_overfit(model: nn.Module, recipe: Recipe, batch: Batch, *, target_acc: float, max_steps: int,
+                  loss_ratio: float) -> CheckResult:
     """Train a copy on ``batch`` alone until its training accuracy reaches ``target_acc`` (or ``max_steps``).
     Short of it, a loss that fell to ``loss_ratio`` x its first value without ever doubling passes: slow."""
-    model, optimizer, precision = _copies(trainer)
-    # Under DDP a SyncBatchNorm copy needs every rank to make the same number of forward passes: no early stop.
-    stop_early = not trainer.dist.enabled
+    model, optimizer, precision = _copies(model, recipe)
     first_loss, peak_loss, acc, steps = float("nan"), -math.inf, 0.0, 0
     for steps in range(1, max_steps + 1):
-        loss, logits = _train_step(model, optimizer, precision, trainer, batch)
+        loss, logits = _step(model, optimizer, precision, recipe, batch)
         acc = (logits.argmax(1) == batch[1]).float().mean().item()
         first_loss = loss if steps == 1 else first_loss
         peak_loss = max(peak_loss, loss) if math.isfinite(loss) else math.inf
-        if acc >= target_acc and stop_early:
+        if acc >= target_acc and not recipe.lockstep:
             break
     numbers = {"acc": acc, "target": target_acc, "steps": steps, "samples": len(batch[1]),
                "first_loss": first_loss, "peak_loss": peak_loss, "last_loss": loss,
@@ -256,7 +272,8 @@ def check_gradient_flow(model: nn.Module, criterion, batch: Batch, *, explode_ab
                    f"{explode_above:g}; largest in {top}, smallest in {bottom}", details=_align(rows))
 
 
-def check_loss_decrease(trainer, batches, heldout: Batch, *, steps: int, min_decrease: float) -> CheckResult:
+def check_loss_decrease(model: nn.Module, recipe: Recipe, batches, heldout: Batch, *, steps: int,
+                        min_decrease: float) -> CheckResult:
     """Train a copy for ``steps`` batches and judge the held-out loss L_h against the training loss L_t.
 
     What 30 steps can show: that the steps move the model the right way. Failures: L_h not finite or up by more
@@ -266,10 +283,10 @@ def check_loss_decrease(trainer, batches, heldout: Batch, *, steps: int, min_dec
     start, reported as such and passed: over 30 steps a small learning rate and a broken one look alike, and the
     overfit check is the one that tells them apart.
     """
-    model, optimizer, precision = _copies(trainer)
-    before = _loss(model, heldout, trainer.criterion, precision)
-    losses = [_train_step(model, optimizer, precision, trainer, b)[0] for b in itertools.islice(batches, steps)]
-    after = _loss(model, heldout, trainer.criterion, precision)
+    model, optimizer, precision = _copies(model, recipe)
+    before = _loss(model, heldout, recipe.loss_fn, precision)
+    losses = [_step(model, optimizer, precision, recipe, b)[0] for b in itertools.islice(batches, steps)]
+    after = _loss(model, heldout, recipe.loss_fn, precision)
     k = max(1, len(losses) // 5)  # the training loss, averaged over the first and the last fifth of the steps
     numbers = {"heldout_before": before, "heldout_after": after, "train_first": sum(losses[:k]) / k,
                "train_last": sum(losses[-k:]) / k, "train_max": max(losses), "steps": len(losses)}
@@ -330,47 +347,22 @@ def _take(loader, n: int) -> Batch:
     return torch.cat(xs)[:n], torch.cat(ys)[:n]
 
 
-def _stream(loader):
-    """Training batches epoch after epoch, as the run will see them."""
-    for epoch in itertools.count():
-        loader.set_epoch(epoch)
-        yield from loader
-
-
-def _copies(trainer) -> tuple[nn.Module, torch.optim.Optimizer, Precision]:
+def _copies(model: nn.Module, recipe: Recipe) -> tuple[nn.Module, torch.optim.Optimizer, Precision]:
     """A train-mode copy of the model, a fresh optimizer of the run's config for it, and a fresh loss scaler."""
-    model = copy.deepcopy(trainer.model).train()
-    p = trainer.precision
-    return model, trainer.optimizer_factory(model), Precision(p.mode, p.device, p.static_scale)
+    model = copy.deepcopy(model).train()
+    optimizer, p = recipe.make_optimizer(model), recipe.precision
+    optimizer.zero_grad(set_to_none=True)  # the copy carries any .grad of the original; train_step zeroes after
+    return model, optimizer, Precision(p.mode, p.device, p.static_scale)
 
 
-def _train_step(model, optimizer, precision, trainer, batch: Batch) -> tuple[float, torch.Tensor]:
-    """One step as the Trainer takes it (autocast, scaled backward, unscale, clip, step): loss and logits before it."""
+def _step(model, optimizer, precision, recipe: Recipe, batch: Batch) -> tuple[float, torch.Tensor]:
+    """One step as the Trainer takes it: the loss (a float) and logits before it."""
     x, y = batch
-
-    def forward():
-        optimizer.zero_grad(set_to_none=True)
-        with precision.autocast():
-            logits = model(x)  # (B, C)
-            return trainer.criterion(logits, y), logits
-
-    if getattr(optimizer, "requires_closure", False):  # L-BFGS evaluates the closure itself, unscaled
-        evaluations = []
-
-        def closure():
-            loss, logits = forward()
-            loss.backward()
-            evaluations.append((loss.item(), logits.detach()))
-            return loss
-
-        optimizer.step(closure)
-        return evaluations[0]
-    loss, logits = forward()
-    precision.backward(loss)
-    precision.unscale_(optimizer)
-    clip_gradients([p for p in model.parameters() if p.requires_grad], trainer.clip_mode, trainer.clip_max)
-    precision.step(optimizer)
-    return loss.item(), logits.detach()
+    if needs_closure(optimizer):
+        result = closure_step(model, recipe.loss_fn, optimizer, precision, [batch], len(y), clip=recipe.clip)
+    else:
+        result = train_step(model, recipe.loss_fn, optimizer, precision, x, y, clip=recipe.clip)
+    return result.loss.item(), result.logits
 
 
 @torch.no_grad()

@@ -15,9 +15,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-
-class ConfigError(ValueError):
-    """A bad config value: the message names the key, the value and what is allowed."""
+from utils.errors import ConfigError
 
 
 Rule = tuple[Callable[[Any], bool], str]

@@ -34,13 +34,6 @@ def cpu_bf16_instructions(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
     return [flag for flag in BF16_FLAGS if flag in flags]
 
 
-def auto_precision(device: torch.device) -> str:
-    """The fastest safe precision: bf16 where the hardware computes it natively, else fp32."""
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_bf16_instructions() else "fp32"
-
-
 def set_tf32(enabled: bool) -> str:
     """Let CUDA fp32 matmuls and convolutions run on TF32 tensor cores (10-bit mantissa, ~1e-3 relative error;
     Ampere and later) or keep them IEEE fp32. Process-wide; CPU math is untouched. Returns a line to log."""

@@ -1,0 +1,79 @@
+"""The loop's bookkeeping: a stopwatch for training time, the epoch's running totals, the steps awaiting a log.
+
+Nothing here waits for the device except ``EpochTotals.mean`` and ``PendingSteps.drain``, the loop's two
+deliberate synchronisations (once per epoch, once per logging interval).
+"""
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from training.distributed import DistEnv, all_reduce_sum
+from training.step import StepResult
+
+
+class Stopwatch:
+    """Training time only: started for steps, stopped around evaluation and checkpoint writes.
+
+    ``total`` is the run's training time (carried across resumes), ``epoch`` the current epoch's.
+    """
+
+    def __init__(self, total: float = 0.0):
+        self.total, self.epoch = total, 0.0
+        self._started: float | None = None
+
+    def start(self) -> None:
+        self._started = time.perf_counter()
+
+    def stop(self) -> None:
+        if self._started is not None:
+            elapsed = time.perf_counter() - self._started
+            self.total += elapsed
+            self.epoch += elapsed
+            self._started = None
+
+    def new_epoch(self) -> None:
+        self.epoch = 0.0
+
+    def epoch_so_far(self) -> float:
+        """The epoch's training time including the running lap (for the progress bar's rate)."""
+        return self.epoch + (time.perf_counter() - self._started if self._started is not None else 0.0)
+
+
+class EpochTotals:
+    """The epoch's training loss and accuracy, summed on the device: sum of loss x batch size, correct
+    predictions, examples. Checkpointed as one float64 tensor (loss_sum, correct, count)."""
+
+    def __init__(self, device: torch.device):
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss_sum, correct, count
+
+    def add(self, loss: torch.Tensor, correct: torch.Tensor, n: int) -> None:
+        self.sums += torch.stack([loss.double() * n, correct.double(),
+                                  torch.tensor(n, dtype=torch.float64, device=loss.device)])
+
+    def mean(self, dist: DistEnv) -> dict[str, float]:
+        """train_loss and train_acc over every rank's examples (one synchronisation)."""
+        loss_sum, correct, count = all_reduce_sum(self.sums.clone(), dist).tolist()
+        return {"train_loss": loss_sum / max(count, 1), "train_acc": correct / max(count, 1)}
+
+
+@dataclass
+class PendingSteps:
+    """Per-step numbers kept on the device until the next log: (step, lr, loss, accuracy, grad_norm, clipped)."""
+    steps: list[tuple[int, float]] = field(default_factory=list)
+    values: list[torch.Tensor] = field(default_factory=list)
+
+    def add(self, step: int, lr: float, result: StepResult, correct: torch.Tensor) -> None:
+        acc = correct.float() / len(result.labels)
+        self.steps.append((step, lr))
+        self.values.append(torch.stack([result.loss.float(), acc, result.grad_norm.float(),
+                                        result.clipped.float()]))
+
+    def drain(self) -> list[tuple[int, float, float, float, float, float]]:
+        """(step, lr, loss, acc, grad_norm, clipped) per pending step, read in one synchronisation; then empty."""
+        if not self.steps:
+            return []
+        rows = torch.stack(self.values).tolist()
+        drained = [(step, lr, *row) for (step, lr), row in zip(self.steps, rows)]
+        self.steps, self.values = [], []
+        return drained

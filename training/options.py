@@ -1,0 +1,29 @@
+"""What the Trainer is told: the ``trainer`` config keys its loop reads, each with its rule (utils/rules.py),
+checked when the options are made and reused by the config validator. Free of torch, so a config can be
+checked before the training stack loads."""
+from dataclasses import dataclass
+
+from utils.rules import BOOL, check_fields, integer, number, one_of, option
+
+CLIP_MODES = ("none", "norm", "value", "agc")  # training/clipping.py says what each does
+TTA_MODES = ("none", "flip", "flip_translate")  # training/tta.py
+
+
+@dataclass(frozen=True)
+class TrainerOptions:
+    epochs: int = option(1, integer(1))
+    max_steps: int | None = option(None, integer(1, nullable=True))  # stop after this many steps (None: epochs)
+    clip_mode: str = option("none", one_of(*CLIP_MODES), key="clip.mode")
+    clip_max: float = option(1.0, number(0, lo_open=True), key="clip.max")  # norm / value threshold, agc's lambda
+    label_smoothing: float = option(0.0, number(0, 1, hi_open=True))
+    closure: str = option("per_batch", one_of("per_batch", "full_batch"))  # closure optimizers' batch
+    on_nan: str = option("stop", one_of("stop", "skip"))
+    checkpoint_every_n_steps: int | None = option(None, integer(1, nullable=True))  # also mid-epoch
+    keep_last_k: int = option(1, integer(1))
+    progress_bar: bool = option(False, BOOL)
+    tta: str = option("none", one_of(*TTA_MODES))
+    val_every_n_epochs: int = option(1, integer(1))
+    compile: bool = option(False, BOOL)
+
+    def __post_init__(self):
+        check_fields(self, "trainer")
