@@ -51,7 +51,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *expected: str) -
 # Every out-of-range value of the issue is checked, message and all, in test_validate.py; here, the command line.
 CONFIG_CASES = {
     "unknown group option": (["optimizer=bogus"], ["optimizer='bogus' is not an option of config group optimizer",
-                                                  "allowed adagrad, adam, adamw, lbfgs, lookahead"]),
+                                                  "allowed adagrad, adam, adamw, hessian_free, kfac, lbfgs, lookahead"]),
     "wrong type": (["trainer.epochs=abc"], ["trainer.epochs='abc' is invalid: allowed an integer >= 1"]),
     "out of range": (["optimizer=adam", "optimizer.betas=[0.9,1.5]"],
                      ["optimizer.betas=[0.9, 1.5] is invalid: allowed a list of 2 items, each a number in [0, 1)"]),
