@@ -1,4 +1,5 @@
-"""Shared fixtures: the real Hydra config, composed once per test, forced onto the CPU and tiny sizes."""
+"""Shared fixtures: the real Hydra config, composed once per test, forced onto tiny sizes and the CPU, or onto the
+device named by ``TEST_DEVICE`` (``TEST_DEVICE=cuda make test`` runs the suite's training on a GPU)."""
 import os
 from pathlib import Path
 
@@ -13,7 +14,8 @@ CIFAR_FOLDER = DATA_ROOT / "cifar10-jpeg75"
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
-TINY = ["trainer.device=cpu", "trainer.progress_bar=false", "trainer.epochs=1", "data.train_subset=512",
+TEST_DEVICE = os.environ.get("TEST_DEVICE", "cpu")
+TINY = [f"trainer.device={TEST_DEVICE}", "trainer.progress_bar=false", "trainer.epochs=1", "data.train_subset=512",
         "data.val_subset=256", "data.batch_size=64", "trainer.sanity=skip", f"data.root={DATA_ROOT}"]
 
 

@@ -8,9 +8,11 @@ from omegaconf import OmegaConf
 
 from conftest import compose_cfg
 from fake_cuda import FakeCuda
+from training.run import build_trainer
 from training.precision import resolve_precision
 from utils import device
 from utils.device import cpu_bf16_instructions, resolve_device
+from utils.errors import ConfigError
 
 
 @pytest.mark.parametrize("flags,found", [
@@ -49,6 +51,30 @@ def test_cuda_without_a_gpu_is_refused_in_one_line():
 
 
 # ------------------------------------------------------------------------------ GPUs, mocked (tests/fake_cuda.py)
+@pytest.mark.parametrize("capability,chosen", [((7, 5), "fp16"), ((8, 0), "bf16"), ((9, 0), "bf16")])
+def test_auto_precision_is_bf16_only_where_the_gpu_computes_it_natively(monkeypatch, caplog, capability, chosen):
+    """A T4 (7.5) reports torch.cuda.is_bf16_supported() True (emulated): auto must still pick fp16 there."""
+    FakeCuda(monkeypatch, [capability], names=["Tesla T4" if capability < (8, 0) else "NVIDIA A100"])
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    with caplog.at_level(logging.INFO, logger="training.precision"):
+        assert resolve_precision("auto", torch.device("cuda", 0)) == chosen
+    assert f"precision auto -> {chosen}: " in caplog.text and f"compute capability {capability[0]}." in caplog.text
+
+
+def test_auto_precision_reads_the_chosen_gpu_not_the_current_one(monkeypatch):
+    FakeCuda(monkeypatch, [(7, 5), (9, 0)])  # current device: cuda:0, a T4
+    assert resolve_precision("auto", torch.device("cuda", 1)) == "bf16"
+    assert resolve_precision("auto", torch.device("cuda", 0)) == "fp16"
+
+
+def test_fp16_with_a_closure_optimizer_is_refused_and_never_chosen(monkeypatch):
+    with pytest.raises(ConfigError, match=r"trainer.precision='fp16' is invalid: allowed bf16, fp32 or auto with a "
+                                          r"closure optimizer \(L-BFGS\)"):
+        resolve_precision("fp16", torch.device("cpu"), closure_optimizer=True)
+    FakeCuda(monkeypatch, [(7, 5)])
+    assert resolve_precision("auto", torch.device("cuda", 0), closure_optimizer=True) == "fp32"
+
+
 def test_cuda_n_must_be_a_visible_gpu(monkeypatch):
     FakeCuda(monkeypatch, [(8, 0), (8, 0)])
     assert resolve_device("cuda:1") == torch.device("cuda", 1)
@@ -69,6 +95,14 @@ def test_tf32_policy_is_set_both_ways_and_the_lab_keeps_ieee_fp32():
         assert torch.backends.cudnn.conv.fp32_precision == "ieee"
     finally:
         torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = before
+
+
+def test_build_logs_the_tf32_policy_on_a_gpu(cfg, tmp_path, caplog):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a GPU (TEST_DEVICE=cuda)")
+    with caplog.at_level(logging.INFO, logger="training.run"):
+        build_trainer(cfg("trainer.device=cuda", "trainer.tf32=false"), tmp_path)
+    assert "CUDA fp32 matmuls and convolutions: ieee (trainer.tf32=false)" in caplog.text
 
 
 @pytest.mark.parametrize("tool,entry", [("analysis.hessian", "hessian_report"), ("analysis.landscape", "landscape")])

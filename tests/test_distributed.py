@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 
 from conftest import CONFIG_DIR, REPO, TINY, compose_cfg
 from fake_cuda import FakeCuda
+from data import sources
 from training import distributed
 from training.run import build_trainer, train
 
@@ -347,3 +348,19 @@ def test_one_process_honours_cuda_n(monkeypatch):
     assert not env.enabled and device == torch.device("cuda", 2)
     assert gpus.calls == [("set_device", torch.device("cuda", 2))] and torch.cuda.current_device() == 2
     assert distributed.setup("cuda")[1] == torch.device("cuda", 0)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (("trainer.on_nan=skip",), r"trainer.on_nan=skip under torchrun \(2 processes\): each process would decide"),
+    (("optimizer=lbfgs",), r"a closure optimizer \(L-BFGS\) under torchrun \(2 processes\): its line search"),
+    (("optimizer=lbfgs", "trainer.closure=full_batch"), r"a closure optimizer \(L-BFGS\) under torchrun"),
+])
+def test_ddp_refuses_what_would_make_the_processes_disagree(cfg, tmp_path, monkeypatch, overrides, message):
+    """Refused in one line before any data is loaded or any collective runs (gloo's group is mocked)."""
+    torchrun_env(monkeypatch, rank=0, world_size=2, local_rank=0)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda **kw: None)
+    monkeypatch.setattr(distributed, "broadcast_object", lambda obj, env: obj)
+    monkeypatch.setitem(sources.SOURCES, "mnist", lambda *a, **kw: pytest.fail("data loaded before the refusal"))
+    with pytest.raises(distributed.LaunchError, match=message):
+        build_trainer(cfg(*overrides), tmp_path)

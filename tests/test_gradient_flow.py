@@ -50,6 +50,7 @@ def monitored_run(run_dir, activation, batch_norm, steps=3):
         F.cross_entropy(model(x), y).backward()
         monitor.observe(model, step)
         optimizer.step()
+    monitor.flush()
     return monitor.history
 
 

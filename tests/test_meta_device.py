@@ -14,6 +14,9 @@ import optimizers
 from conftest import CONFIG_DIR, compose_cfg
 from data.loader import BatchLoader
 from training.clipping import MODES, clip_gradients
+from training.meters import EpochTotals, PendingSteps
+from training.precision import Precision
+from training.step import GradientClip, train_step
 
 META = torch.device("meta")
 OPTIMIZERS = sorted(p.stem for p in Path(CONFIG_DIR, "optimizer").glob("*.yaml")
@@ -87,3 +90,34 @@ def test_loader_builds_batches_on_the_data_device():
         assert x.is_contiguous(memory_format=torch.channels_last)
     x, y = loader.sample(10)
     assert x.device == META and x.shape == (10, 3, 8, 8)
+
+
+def tiny_step_parts():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).to(META)
+    return model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), Precision("fp32", META)
+
+
+@pytest.mark.parametrize("clip", ["none", "norm", "agc"])
+def test_a_step_and_its_bookkeeping_stay_on_the_device(clip):
+    model, optimizer, precision = tiny_step_parts()
+    x, y = torch.empty(6, 4, device=META), torch.zeros(6, dtype=torch.long, device=META)
+    pending, totals = PendingSteps(), EpochTotals(META)
+    for step in range(2):
+        result = train_step(model, F.cross_entropy, optimizer, precision, x, y, clip=GradientClip(clip, 1.0))
+        correct = (result.logits.argmax(1) == result.labels).sum()
+        pending.add(step, 0.1, result, correct)
+        totals.add(result.loss, correct, len(y))
+    assert torch.stack(pending.values).device == META and totals.state(META).device == META
+
+
+def test_a_skipped_step_stays_on_the_loss_device(monkeypatch):
+    """on_nan=skip: the skipped step's numbers join the other steps' in one stack at the flush (a CPU nan in a GPU
+    run crashed it). The meta loss has no value: isfinite is told it is not finite."""
+    model, optimizer, precision = tiny_step_parts()
+    x, y = torch.empty(6, 4, device=META), torch.zeros(6, dtype=torch.long, device=META)
+    monkeypatch.setattr(torch, "isfinite", lambda t: torch.tensor(False))
+    result = train_step(model, F.cross_entropy, optimizer, precision, x, y, skip_nonfinite=True)
+    assert all(p.grad is None for p in model.parameters())  # skipped: no backward, no step
+    pending = PendingSteps()
+    pending.add(0, 0.1, result, (result.logits.argmax(1) == result.labels).sum())
+    assert torch.stack(pending.values).device == META

@@ -12,6 +12,7 @@ from training.logger import RunLogger
 from training.monitor import HISTORY_FILE, GradientMonitor, read_history
 from training.run import train
 from training.validate import ConfigError
+from utils.syncs import SyncCounter
 
 from test_sanity import FAST, synthetic  # noqa: F401  (the fixture)
 
@@ -40,6 +41,7 @@ def test_every_n_steps_it_records_each_layers_gradient_and_weight_norm(tmp_path)
         backward(model, seed=step)
         monitor.observe(model, step)
     monitor.observe(model, 4)  # a closure optimizer evaluates (and observes) a step more than once
+    monitor.flush()
     logger.close()
     history = monitor.history
     assert history.layers == ["layers.0.0", "layers.0.1", "layers.1.0", "layers.1.1", "head"]
@@ -64,12 +66,30 @@ def test_histograms_are_written_on_their_own_sparser_cadence(tmp_path):
     for step in range(13):
         backward(model, seed=step)
         monitor.observe(model, step)
+        if step % 4 == 3:  # flushes between observations: the copies taken at a step are what is written
+            monitor.flush()
+    monitor.flush()
     logger.close()
     (events,) = (tmp_path / "tb").glob("events.out.tfevents.*")
     acc = EventAccumulator(str(events), size_guidance={"histograms": 0})  # 0: keep every event, not a sample
     acc.Reload()
     assert [e.step for e in acc.Scalars("grad_norm/head")] == [0, 2, 4, 6, 8, 10, 12]
     assert [e.step for e in acc.Histograms("grad/head")] == [0, 6, 10]  # the first observed step of each 5
+
+
+def test_observing_waits_for_no_device_and_flushing_reads_once(tmp_path):
+    model = tiny_mlp()
+    monitor, logger = monitor_in(tmp_path, every_n_steps=1, histograms_every_n_steps=2)
+    with SyncCounter() as syncs:
+        for step in range(4):
+            backward(model, seed=step)
+            monitor.observe(model, step)
+        assert syncs.events == [] and monitor.history.steps == []
+        monitor.flush()
+    logger.close()
+    assert monitor.history.steps == [0, 1, 2, 3]
+    assert syncs.events[0] == (None, "tolist") and [e for e in syncs.events if e[1] == "tolist"] == [(None, "tolist")]
+    # (one read of the four observations' norms; then the histograms' host copies)
 
 
 def test_steps_between_observations_return_before_touching_the_model(tmp_path):
@@ -87,6 +107,7 @@ def test_warns_once_a_layer_has_vanished_for_patience_observations_in_a_row(tmp_
         model.layers[0][0].weight.grad.mul_(first_layer_scale)
         with caplog.at_level(logging.WARNING, logger="training.monitor"):
             monitor.observe(model, step)
+            monitor.flush()
         return [r.getMessage() for r in caplog.records if "vanishing" in r.getMessage()]
 
     assert observe(0, 0.0) == [] and observe(1, 0.0) == []
@@ -108,6 +129,7 @@ def test_layers_vanishing_together_are_one_line(tmp_path, caplog):
             for p in model.parameters():
                 p.grad.zero_()
             monitor.observe(model, step)
+        monitor.flush()
     (message,) = [r.getMessage() for r in caplog.records]
     layers = message.split(": ")[-1].split(", ")
     assert message.startswith(f"vanishing gradients in {len(layers)} layer(s)") and len(layers) >= 2
@@ -123,6 +145,7 @@ def test_exploding_or_non_finite_gradients_warn(tmp_path, caplog, scale, shown):
             backward(model)
             model.head.weight.grad.mul_(scale)
             monitor.observe(model, step)
+        monitor.flush()
     (message,) = [r.getMessage() for r in caplog.records]
     assert message.startswith("exploding gradients in 1 layer(s)") and shown in message
 

@@ -138,6 +138,26 @@ def device_for(env: DistEnv, device: torch.device) -> torch.device:
     return torch.device("cuda", index)
 
 
+def check_supported(env: DistEnv, *, closure_optimizer: bool, on_nan: str) -> None:
+    """Refuse under DDP what would make the processes disagree (a hang, or a wrong update), in one line.
+
+    ``on_nan=skip``: each process would decide from its own loss, so some would skip backward while the others
+    wait in its all-reduce. A closure optimizer (L-BFGS): its line search and stopping test read each process's
+    own loss, so the processes take different numbers of evaluations (collectives) and hang; ``full_batch``
+    would also sum only this process's share of the set.
+    """
+    if not env.enabled:
+        return
+    if on_nan == "skip":
+        raise LaunchError(f"trainer.on_nan=skip under torchrun ({env.world_size} processes): each process would "
+                          f"decide from its own loss and the gradient all-reduce would hang; use trainer.on_nan=stop "
+                          f"(with trainer.clip.mode=norm) or one process")
+    if closure_optimizer:
+        raise LaunchError(f"a closure optimizer (L-BFGS) under torchrun ({env.world_size} processes): its line "
+                          f"search reads each process's own loss, so the processes would disagree and hang; "
+                          f"run it in one process (python train.py ...)")
+
+
 def wrap_model(model: nn.Module, env: DistEnv, device: torch.device) -> nn.Module:
     """DDP around ``model`` (BatchNorm made SyncBatchNorm, in place, when the model asks with ``sync_bn``)."""
     if not env.enabled:

@@ -1,7 +1,8 @@
 """The loop's bookkeeping: a stopwatch for training time, the epoch's running totals, the steps awaiting a log.
 
 Nothing here waits for the device except ``EpochTotals.mean`` and ``PendingSteps.drain``, the loop's two
-deliberate synchronisations (once per epoch, once per logging interval).
+deliberate synchronisations (once per epoch, once per logging interval), and ``Stopwatch.stop`` (when the
+training clock stops: at the end of an epoch, a pause or a checkpoint).
 """
 import time
 from dataclasses import dataclass, field
@@ -15,11 +16,12 @@ from training.step import StepResult
 class Stopwatch:
     """Training time only: started for steps, stopped around evaluation and checkpoint writes.
 
-    ``total`` is the run's training time (carried across resumes), ``epoch`` the current epoch's.
+    ``total`` is the run's training time (carried across resumes), ``epoch`` the current epoch's. On a GPU the
+    host runs ahead of the device, so ``stop`` first waits for ``device``: the time then covers the queued work.
     """
 
-    def __init__(self, total: float = 0.0):
-        self.total, self.epoch = total, 0.0
+    def __init__(self, total: float = 0.0, device: torch.device = torch.device("cpu")):
+        self.total, self.epoch, self.device = total, 0.0, device
         self._started: float | None = None
 
     def start(self) -> None:
@@ -27,6 +29,8 @@ class Stopwatch:
 
     def stop(self) -> None:
         if self._started is not None:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
             elapsed = time.perf_counter() - self._started
             self.total += elapsed
             self.epoch += elapsed
@@ -41,20 +45,27 @@ class Stopwatch:
 
 
 class EpochTotals:
-    """The epoch's training loss and accuracy, summed on the device: sum of loss x batch size, correct
-    predictions, examples. Checkpointed as one float64 tensor (loss_sum, correct, count)."""
+    """The epoch's training loss and accuracy: sum of loss x batch size and correct predictions summed on the
+    device, examples counted on the host (a number sent to the device every step would be a blocking copy).
+    Checkpointed as one float64 tensor (loss_sum, correct, count)."""
 
-    def __init__(self, device: torch.device):
-        self.sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss_sum, correct, count
+    def __init__(self, device: torch.device, state: torch.Tensor | None = None):
+        fresh = state is None  # made on the device: no copy from the host
+        self.sums = torch.zeros(2, dtype=torch.float64, device=device) if fresh else state[:2].to(device)
+        self.count = 0 if fresh else int(state[2])  # (loss_sum, correct); examples
 
     def add(self, loss: torch.Tensor, correct: torch.Tensor, n: int) -> None:
-        self.sums += torch.stack([loss.double() * n, correct.double(),
-                                  torch.tensor(n, dtype=torch.float64, device=loss.device)])
+        self.sums += torch.stack([loss.double() * n, correct.double()])
+        self.count += n
 
     def mean(self, dist: DistEnv) -> dict[str, float]:
         """train_loss and train_acc over every rank's examples (one synchronisation)."""
-        loss_sum, correct, count = all_reduce_sum(self.sums.clone(), dist).tolist()
+        loss_sum, correct, count = all_reduce_sum(self.state(self.sums.device), dist).tolist()
         return {"train_loss": loss_sum / max(count, 1), "train_acc": correct / max(count, 1)}
+
+    def state(self, device: torch.device = torch.device("cpu")) -> torch.Tensor:
+        """(loss_sum, correct, count) as one float64 tensor on ``device``."""
+        return torch.cat([self.sums, self.sums.new_full((1,), self.count)]).to(device)
 
 
 @dataclass

@@ -4,12 +4,14 @@ A layer is a module that holds parameters itself (a Linear, a Conv, a BatchNorm)
 its trainable parameters, ‖g_layer‖ = sqrt(Σ_p ‖g_p‖²), likewise ‖w_layer‖. The Trainer calls
 ``observe`` every step after backward, unscaling and clipping (the gradients the optimizer will use);
 every ``every_n_steps`` steps the monitor takes every parameter's gradient and weight norm with one
-``torch._foreach_norm`` each, sums squares into layers on the device and reads the result with one sync.
+``torch._foreach_norm`` each and sums squares into layers, on the device; nothing waits for the device until
+``flush``, which the Trainer calls when it logs: it reads every pending observation in one synchronisation.
 It writes ``grad_norm/<layer>`` and ``weight_norm/<layer>`` scalars (and ``grad/<layer>``, ``weight/<layer>``
-histograms at the first observation in each period of ``histograms_every_n_steps`` steps: a host copy of every
-tensor, ~40x the cost of the norms), appends a row to ``<run dir>/grad_norms.jsonl`` (the history
-``analysis.gradient_flow`` draws), and logs a warning when a layer's gradient norm stays below
-``vanish_below`` or above ``explode_above`` (or is not finite) for ``patience`` observations in a row.
+histograms at the first observation in each period of ``histograms_every_n_steps`` steps: a device copy of every
+tensor taken at that step, copied to the host at the flush, ~40x the cost of the norms), appends a row to
+``<run dir>/grad_norms.jsonl`` (the history ``analysis.gradient_flow`` draws), and logs a warning when a layer's
+gradient norm stays below ``vanish_below`` or above ``explode_above`` (or is not finite) for ``patience``
+observations in a row.
 Only the process that writes (rank 0) observes: under DDP the gradients are already averaged over ranks.
 """
 import json
@@ -86,30 +88,44 @@ class GradientMonitor:
         self._layer_of: torch.Tensor | None = None  # (P,) index of each parameter's layer
         self._layer_params: list[list[nn.Parameter]] = []
         self._streaks: dict[str, list[int]] = {}
+        self._last_observed: int | None = None
+        self._pending: list[tuple[int, torch.Tensor, list | None]] = []  # (step, (2, layers) norms, histogram copies)
 
     def observe(self, model: nn.Module, step: int) -> None:
-        """Record step ``step``'s gradients if it is one to observe (once: L-BFGS calls this per closure evaluation)."""
+        """Take step ``step``'s norms (and, first in a histogram period, copies of the tensors) on the device, if
+        it is a step to observe (once: L-BFGS calls this per closure evaluation). ``flush`` reads and writes them."""
         if not self.every_n_steps or step % self.every_n_steps or not self.logger.enabled:
             return
         if self.history is None:
             self._start(model)
-        elif self.history.steps and self.history.steps[-1] == step:
+        elif self._last_observed == step:
             return
+        self._last_observed = step
         grads = [p.grad if p.grad is not None else p.new_zeros(()) for p in self._params]
         norms = torch.stack([torch.stack(torch._foreach_norm(grads)).float(),
                              torch.stack(torch._foreach_norm(self._params)).float()])  # (2, P)
         per_layer = norms.new_zeros(2, len(self.history.layers)).index_add_(1, self._layer_of, norms.square())
-        grad, weight = per_layer.sqrt().tolist()  # the one sync
-        self.history.append(step, grad, weight)
-        self._write(step, grad, weight)
-        self._alarm(step, grad)
+        self._pending.append((step, per_layer.sqrt(), self._histogram_copies(step)))
+
+    def flush(self) -> None:
+        """Read the pending observations (one synchronisation for all), then write scalars, histograms and history
+        rows and raise alarms. The Trainer calls it when it logs."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        rows = torch.stack([norms for _, norms, _ in pending]).tolist()  # (observations, 2, layers)
+        for (step, _, copies), (grad, weight) in zip(pending, rows):
+            self.history.append(step, grad, weight)
+            self._write(step, grad, weight, copies)
+            self._alarm(step, grad)
 
     def _start(self, model: nn.Module) -> None:
         layers = parameter_layers(model)
         self.history = GradientHistory([name for name, _, _ in layers], [kind for _, kind, _ in layers])
         self._params = [p for _, _, params in layers for _, p in params]
-        index = [i for i, (_, _, params) in enumerate(layers) for _ in params]
-        self._layer_of = torch.tensor(index, device=self._params[0].device)
+        device = self._params[0].device
+        self._layer_of = torch.cat([torch.full((len(params),), i, device=device)  # made on the device: no copy
+                                    for i, (_, _, params) in enumerate(layers)])
         self._streaks = {"vanish_below": [0] * len(layers), "explode_above": [0] * len(layers)}
         self._layer_params = [[p for _, p in params] for _, _, params in layers]
         path = self.logger.run_dir / HISTORY_FILE
@@ -117,18 +133,24 @@ class GradientMonitor:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({"layers": self.history.layers, "kinds": self.history.kinds}) + "\n")
 
-    def _write(self, step: int, grad: list[float], weight: list[float]) -> None:
+    def _histogram_copies(self, step: int) -> list[tuple[torch.Tensor, torch.Tensor | None]] | None:
+        """At the first observation in each period of ``histograms_every_n_steps`` steps: per layer, a device copy of
+        its weights and gradients (flattened), for ``flush`` to write; else None."""
         period = step // self.histograms_every_n_steps if self.histograms_every_n_steps else None
-        histograms = period is not None and period != self._histogram_period  # the first observation of a period
-        if histograms:
-            self._histogram_period = period
-        for layer, g, w, params in zip(self.history.layers, grad, weight, self._layer_params):
+        if period is None or period == self._histogram_period:
+            return None
+        self._histogram_period = period
+        return [(torch.cat([p.detach().flatten() for p in params]),
+                 torch.cat([p.grad.flatten() for p in params if p.grad is not None])
+                 if any(p.grad is not None for p in params) else None) for params in self._layer_params]
+
+    def _write(self, step: int, grad: list[float], weight: list[float], copies) -> None:
+        for i, (layer, g, w) in enumerate(zip(self.history.layers, grad, weight)):
             self.logger.scalars({f"grad_norm/{layer}": g, f"weight_norm/{layer}": w}, step)
-            if histograms:
-                self.logger.histogram(f"weight/{layer}", torch.cat([p.detach().flatten() for p in params]), step)
-                if any(p.grad is not None for p in params):
-                    self.logger.histogram(f"grad/{layer}", torch.cat([p.grad.flatten() for p in params
-                                                                      if p.grad is not None]), step)
+            if copies is not None:
+                self.logger.histogram(f"weight/{layer}", copies[i][0], step)
+                if copies[i][1] is not None:
+                    self.logger.histogram(f"grad/{layer}", copies[i][1], step)
         with open(self.logger.run_dir / HISTORY_FILE, "a") as f:
             f.write(json.dumps({"step": step, "grad_norm": grad, "weight_norm": weight}) + "\n")
 

@@ -13,6 +13,7 @@ from contextlib import nullcontext
 import torch
 
 from utils.device import BF16_FLAGS, cpu_bf16_instructions
+from utils.errors import require
 
 log = logging.getLogger(__name__)
 
@@ -20,17 +21,33 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def resolve_precision(name: str, device: torch.device) -> str:
-    """``auto``: the fastest safe precision, bf16 where the hardware computes it natively (a CUDA GPU that
-    supports it; a CPU with bf16 matrix instructions), else fp32. Any other name is returned as it is."""
+NATIVE_BF16_CAPABILITY = (8, 0)  # Ampere: bf16 tensor cores. Below, torch.cuda.is_bf16_supported() counts emulation
+
+
+def resolve_precision(name: str, device: torch.device, closure_optimizer: bool = False) -> str:
+    """``auto``: the fastest safe precision on ``device`` (the chosen one, not the current one), logged with the
+    reason: on a GPU bf16 at compute capability >= 8.0, else fp16 with loss scaling; on a CPU bf16 where it has
+    bf16 matrix instructions, else fp32. Any other name is returned as it is. A closure optimizer (L-BFGS)
+    evaluates its loss outside the loss scaler, so fp16 is refused with it, and ``auto`` then picks fp32."""
+    require(not (name == "fp16" and closure_optimizer), "trainer.precision", name,
+            "bf16, fp32 or auto with a closure optimizer (L-BFGS): its closure has no loss scaling, so small "
+            "gradients would flush to zero in fp16")
     if name != "auto":
         return name
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    found = cpu_bf16_instructions()
-    chosen = "bf16" if found else "fp32"
-    log.info("precision auto -> %s: this CPU %s", chosen,
-             f"has {', '.join(found)}" if found else f"has none of {', '.join(BF16_FLAGS)}")
+        capability = torch.cuda.get_device_capability(device)
+        gpu = f"{torch.cuda.get_device_name(device)} (compute capability {capability[0]}.{capability[1]})"
+        if capability >= NATIVE_BF16_CAPABILITY:
+            chosen, reason = "bf16", f"{gpu} computes bf16 natively"
+        elif closure_optimizer:
+            chosen, reason = "fp32", f"{gpu} has no native bf16, and a closure optimizer (L-BFGS) no loss scaling"
+        else:
+            chosen, reason = "fp16", f"{gpu} has no native bf16 (needs 8.0): fp16 with dynamic loss scaling"
+    else:
+        found = cpu_bf16_instructions()
+        chosen = "bf16" if found else "fp32"
+        reason = f"this CPU has {', '.join(found)}" if found else f"this CPU has none of {', '.join(BF16_FLAGS)}"
+    log.info("precision auto -> %s: %s", chosen, reason)
     return chosen
 
 

@@ -14,7 +14,7 @@ import torch.nn as nn
 import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import optimizers
@@ -27,6 +27,7 @@ from training.sanity import Recipe, SanityReport, run_checks
 from training.step import GradientClip
 from training.trainer import Runtime, Trainer
 from training.validate import validate
+from utils.device import set_tf32
 from utils.seed import seed_everything
 
 log = logging.getLogger(__name__)
@@ -36,12 +37,17 @@ class SanityError(RuntimeError):
     """A pre-flight check failed with trainer.sanity=run."""
 
 
-def build_runtime(device: str, precision: str, loss_scale: float | None, run_dir: str | Path) -> Runtime:
-    """Join the process group (under torchrun), bind this process's device, resolve ``precision=auto``."""
+def build_runtime(device: str, precision: str, loss_scale: float | None, run_dir: str | Path, *,
+                  closure_optimizer: bool = False, tf32: bool = True) -> Runtime:
+    """Join the process group (under torchrun), bind this process's device, resolve ``precision=auto`` (for a
+    closure optimizer too: it has no loss scaling), set the GPU's fp32 math policy (TF32 or IEEE)."""
     env, bound = distributed.setup(device)
     run_dir = distributed.main_run_dir(run_dir, env)
     distributed.quiet_other_ranks(env)
-    return Runtime(bound, Precision(resolve_precision(precision, bound), bound, loss_scale), run_dir, env)
+    if bound.type == "cuda":
+        log.info(set_tf32(tf32))
+    mode = resolve_precision(precision, bound, closure_optimizer)
+    return Runtime(bound, Precision(mode, bound, loss_scale), run_dir, env)
 
 
 def build_model(model: nn.Module, runtime: Runtime, channels_last: bool | str) -> torch.memory_format:
@@ -87,7 +93,9 @@ def trainer_options(t: DictConfig, progress_bar: bool) -> TrainerOptions:
 def build_trainer(cfg: DictConfig, run_dir: str | Path) -> Trainer:
     validate(cfg, run_dir)  # and create the run directory, or say why it cannot be written
     t = cfg.trainer
-    runtime = build_runtime(t.device, t.precision, t.loss_scale, run_dir)
+    closure = getattr(get_class(cfg.optimizer._target_), "requires_closure", False)  # L-BFGS
+    runtime = build_runtime(t.device, t.precision, t.loss_scale, run_dir, closure_optimizer=closure, tf32=t.tf32)
+    distributed.check_supported(runtime.dist, closure_optimizer=closure, on_nan=t.on_nan)
     seed_everything(t.seed, t.deterministic)
     model = instantiate(cfg.model)
     memory_format = build_model(model, runtime, t.channels_last)

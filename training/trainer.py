@@ -65,7 +65,8 @@ class Trainer:
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.best_val_acc, self.final_val_acc, self.last_finite_loss = 0.0, None, float("nan")
         self.skipped_steps, self.train_images = 0, 0  # skipped: fp16 steps the scaler dropped on overflow
-        self.stopwatch, self.totals, self.pending = Stopwatch(), EpochTotals(self.device), PendingSteps()
+        self.stopwatch = Stopwatch(device=self.device)
+        self.totals, self.pending = EpochTotals(self.device), PendingSteps()
         self.stop_signal: int | None = None
 
     @property
@@ -168,6 +169,8 @@ class Trainer:
         """Write the pending steps' numbers (one synchronisation), stopping on a non-finite loss unless
         ``on_nan=skip``; returns the last step's row (step, lr, loss, acc, grad_norm, clipped)."""
         rows = self.pending.drain()
+        if self.monitor is not None:
+            self.monitor.flush()
         for step, lr, loss, acc, norm, clipped in rows:
             if not math.isfinite(loss):
                 if self.options.on_nan == "stop":
@@ -245,14 +248,13 @@ class Trainer:
         loader = loader or self.data.val
         broadcast_buffers(self.model, self.dist)
         self.model.eval()
-        totals = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, count
+        totals = EpochTotals(self.device)
         loader.set_epoch(0)
         for x, y in loader:
             with self.precision.autocast():
                 logits = test_time_logits(self.model, x, self.options.tta)  # (B, C)
-            totals += torch.stack([F.cross_entropy(logits.float(), y, reduction="sum").double(),
-                                   (logits.argmax(1) == y).sum().double(), torch.tensor(len(y), device=self.device)])
-        loss_sum, correct, count = all_reduce_sum(totals, self.dist).tolist()
+            totals.add(F.cross_entropy(logits.float(), y), (logits.argmax(1) == y).sum(), len(y))
+        loss_sum, correct, count = all_reduce_sum(totals.state(self.device), self.dist).tolist()
         self.model.train()
         return {"loss": loss_sum / count, "acc": correct / count}
 
@@ -269,7 +271,7 @@ class Trainer:
                 "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
                 "best_val_acc": self.best_val_acc, "final_val_acc": self.final_val_acc,
                 "train_seconds": self.stopwatch.total, "train_images": self.train_images,
-                "skipped_steps": self.skipped_steps, "accumulators": self.totals.sums.cpu(),
+                "skipped_steps": self.skipped_steps, "accumulators": self.totals.state(),
                 "rng": rng_state(), "world_size": self.dist.world_size, "config": self.config}
 
     def load_state_dict(self, state: dict) -> None:
@@ -279,9 +281,9 @@ class Trainer:
         self.precision.load_state_dict(state["scaler"])
         self.epoch, self.step_in_epoch, self.global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
         self.best_val_acc, self.final_val_acc = state["best_val_acc"], state["final_val_acc"]
-        self.stopwatch, self.train_images = Stopwatch(state["train_seconds"]), state["train_images"]
+        self.stopwatch, self.train_images = Stopwatch(state["train_seconds"], self.device), state["train_images"]
         self.skipped_steps = state["skipped_steps"]
-        self.totals.sums = state["accumulators"].to(self.device)
+        self.totals = EpochTotals(self.device, state["accumulators"])
         set_rng_state(state["rng"])
 
     def save_checkpoint(self, best: bool = False) -> None:

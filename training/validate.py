@@ -69,6 +69,7 @@ RULES: dict[str, Rule] = {
     "trainer.deterministic": _BOOL,
     "trainer.device": _DEVICE,
     "trainer.precision": _one_of("auto", "fp32", "bf16", "fp16"),
+    "trainer.tf32": _BOOL,
     "trainer.loss_scale": _number(0, lo_open=True, nullable=True),
     "trainer.clip.mode": _one_of("none", "norm", "value", "agc"),
     "trainer.clip.max": _number(0, lo_open=True),
