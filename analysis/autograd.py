@@ -8,21 +8,19 @@ Writes ``autograd_training.png`` (loss, accuracy, the gradient error per checked
 ``autograd_graph.png`` (the computational graph of one small expression after backward: every node's value and
 gradient) and ``autograd.json``, and the figures as TensorBoard images.
 """
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import hydra
 import numpy as np
 import torch
 import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from analysis.checks import require
 from analysis.figures import FigureWriter, plt
 from analysis.reverse_mode import Value, cross_entropy, zero_grad
-from training.errors import exit_cleanly, exit_on_user_error
+from cli.entry import command, run
+from utils.errors import require
 from utils.io import save_json
 
 
@@ -176,18 +174,15 @@ def autograd_report(cfg: DictConfig, out_dir: str | Path) -> tuple[FigureWriter,
     return out, numbers
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="autograd")
+@command("autograd", validate_config=False)
 def main(cfg: DictConfig) -> None:
-    with exit_on_user_error():
-        out, numbers = autograd_report(cfg, HydraConfig.get().runtime.output_dir)
-        print(f"trained {numbers['steps']} steps: loss {numbers['final_loss']:.4f}, training accuracy "
-              f"{numbers['final_accuracy']:.3f}")
-        print(f"gradients checked against torch.autograd at {numbers['checked_steps']} steps: max relative error "
-              f"{numbers['max_relative_grad_error']:.3e} (loss: {numbers['max_relative_loss_error']:.3e})")
-        print(out.report())
+    out, numbers = autograd_report(cfg, HydraConfig.get().runtime.output_dir)
+    print(f"trained {numbers['steps']} steps: loss {numbers['final_loss']:.4f}, training accuracy "
+          f"{numbers['final_accuracy']:.3f}")
+    print(f"gradients checked against torch.autograd at {numbers['checked_steps']} steps: max relative error "
+          f"{numbers['max_relative_grad_error']:.3e} (loss: {numbers['max_relative_loss_error']:.3e})")
+    print(out.report())
 
 
 if __name__ == "__main__":
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors instead of printing them: one line below
-    with exit_cleanly():
-        main()
+    run(main)

@@ -9,18 +9,16 @@ Feed it ``python train.py -m experiment=optimizer_comparison`` (optimizers side 
 The same figures go to ``compare/tb``.
 """
 import json
-import os
 from collections import defaultdict
 from pathlib import Path
 
-import hydra
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from analysis.figures import FigureWriter, plt
 from analysis.runs import Run, read_runs
-from training.errors import exit_cleanly, exit_on_user_error
+from cli.entry import command, run
 
 
 def run_colors(n: int):
@@ -121,13 +119,10 @@ def compare(sweep_dir: str | Path, out_dir: str | Path) -> FigureWriter:
     return out
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="compare")
+@command("compare", validate_config=False)
 def main(cfg: DictConfig) -> None:
-    with exit_on_user_error():
-        print(compare(cfg.sweep_dir, HydraConfig.get().runtime.output_dir).report())
+    print(compare(cfg.sweep_dir, HydraConfig.get().runtime.output_dir).report())
 
 
 if __name__ == "__main__":
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors instead of printing them: one line below
-    with exit_cleanly():
-        main()
+    run(main)

@@ -18,9 +18,9 @@ from hydra.experimental.callback import Callback
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.ticker import MaxNLocator
-from omegaconf import OmegaConf
 
 from analysis.figures import FigureWriter, plt
+from analysis.runs import find_jobs, labels
 from training.monitor import HISTORY_FILE, GradientHistory, read_history
 
 FIGURE = "gradient_flow"
@@ -38,30 +38,15 @@ def grad_matrix(history: GradientHistory) -> np.ndarray:
 
 
 def find_runs(directory: Path) -> dict[str, Path]:
-    """{label: run dir}: ``directory`` itself if it holds a history, else the run directories below it that do
-    (at any depth: an override value holding a '/' nests Hydra's run directory)."""
+    """{label: run dir}: ``directory`` itself if it holds a history, else the sweep's jobs that do (found and
+    labelled by analysis/runs.py, as the other tools read sweeps)."""
     if (directory / HISTORY_FILE).is_file():
         return {directory.name: directory}
-    runs = sorted((p.parent for p in directory.rglob(HISTORY_FILE)), key=lambda run: _job_number(run, directory))
-    if not runs:
+    jobs = find_jobs(directory, HISTORY_FILE)
+    if not jobs:
         raise FileNotFoundError(f"no {HISTORY_FILE} in {directory} or below it: train with "
                                 f"monitor.every_n_steps > 0 first")
-    return dict(zip(_labels(runs), runs))
-
-
-def _job_number(run: Path, sweep: Path) -> tuple[int, str]:
-    """Hydra names sweep runs ``<job number>_<overrides>``: sort 2 before 10."""
-    name = run.relative_to(sweep).parts[0]
-    number = name.split("_", 1)[0]
-    return (int(number) if number.isdigit() else -1, name)
-
-
-def _labels(runs: list[Path]) -> list[str]:
-    """Each run's Hydra overrides that not every run shares (the directory name when there are none)."""
-    overrides = [set(OmegaConf.load(r / ".hydra" / "overrides.yaml")) if (r / ".hydra" / "overrides.yaml").is_file()
-                 else {r.name} for r in runs]
-    common = set.intersection(*overrides) if len(runs) > 1 else set()
-    return [" ".join(sorted(o - common)) or r.name for o, r in zip(overrides, runs)]
+    return dict(zip(labels(jobs), jobs))
 
 
 def plot_run(history: GradientHistory, title: str):

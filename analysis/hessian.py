@@ -16,12 +16,10 @@ log scale, the power-iteration eigenvalues marked) and ``hessian.json`` (every n
 """
 import functools
 import math
-import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import hydra
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -30,12 +28,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import Tensor
 
-from analysis.checks import require
 from analysis.figures import FigureWriter, plt
 from analysis.loading import Batches, fixed_batches, load_checkpoint_model, mean_loss
-from training.errors import exit_cleanly, exit_on_user_error
-from training.validate import validate
+from cli.entry import command, run
 from utils.device import full_fp32, resolve_device
+from utils.errors import require
 from utils.io import save_json
 
 LossTerms = Callable[[], Iterable[Tensor]]
@@ -211,18 +208,14 @@ def hessian_report(cfg: DictConfig, out_dir: str | Path) -> tuple[FigureWriter, 
     return out, numbers
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="hessian")
+@command("hessian")
 def main(cfg: DictConfig) -> None:
-    with exit_on_user_error():
-        validate(cfg)
-        out, numbers = hessian_report(cfg, HydraConfig.get().runtime.output_dir)
-        top = ", ".join(f"{v:.4g}" for v in numbers["top_eigenvalues"])
-        print(f"loss {numbers['loss']:.4f}; top eigenvalues {top}; "
-              f"trace {numbers['trace']['estimate']:.4g} +- {numbers['trace']['stderr']:.2g}")
-        print(out.report())
+    out, numbers = hessian_report(cfg, HydraConfig.get().runtime.output_dir)
+    top = ", ".join(f"{v:.4g}" for v in numbers["top_eigenvalues"])
+    print(f"loss {numbers['loss']:.4f}; top eigenvalues {top}; "
+          f"trace {numbers['trace']['estimate']:.4g} +- {numbers['trace']['stderr']:.2g}")
+    print(out.report())
 
 
 if __name__ == "__main__":
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors instead of printing them: one line below
-    with exit_cleanly():
-        main()
+    run(main)

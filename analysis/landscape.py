@@ -11,10 +11,8 @@ training examples (``analysis.loading.fixed_batches``). Writes ``landscape_conto
 ``landscape_surface.png``, ``interpolation.png`` and ``landscape.json`` (the numbers), and TensorBoard images.
 """
 import copy
-import os
 from pathlib import Path
 
-import hydra
 import numpy as np
 import torch
 import torch.nn as nn
@@ -23,12 +21,11 @@ from hydra.utils import instantiate
 from matplotlib.colors import LogNorm
 from omegaconf import DictConfig
 
-from analysis.checks import require
 from analysis.figures import FigureWriter, plt
 from analysis.loading import Batches, fixed_batches, initial_model, load_checkpoint_model, mean_loss
-from training.errors import exit_cleanly, exit_on_user_error
-from training.validate import validate
+from cli.entry import command, run
 from utils.device import full_fp32, resolve_device
+from utils.errors import require
 from utils.io import save_json
 
 
@@ -159,14 +156,10 @@ def landscape(cfg: DictConfig, out_dir: str | Path) -> FigureWriter:
     return out
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="landscape")
+@command("landscape")
 def main(cfg: DictConfig) -> None:
-    with exit_on_user_error():
-        validate(cfg)
-        print(landscape(cfg, HydraConfig.get().runtime.output_dir).report())
+    print(landscape(cfg, HydraConfig.get().runtime.output_dir).report())
 
 
 if __name__ == "__main__":
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors instead of printing them: one line below
-    with exit_cleanly():
-        main()
+    run(main)

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from analysis.checks import require
 from data import BatchLoader, ImageData, subset
 from training import checkpoint
+from utils.errors import require
 from utils.seed import seed_everything
 
 Batches = list[tuple[torch.Tensor, torch.Tensor]]

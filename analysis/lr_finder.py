@@ -15,12 +15,10 @@ Writes ``lr_finder.png`` (raw and smoothed loss against LR, log x) and ``lr_find
 """
 import copy
 import math
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import hydra
 import numpy as np
 import torch
 import torch.nn as nn
@@ -30,15 +28,14 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 
 import optimizers
-from analysis.checks import require
 from analysis.figures import FigureWriter, plt
 from analysis.loading import model_for
+from cli.entry import command, run
 from data import batches_forever
-from training.errors import exit_cleanly, exit_on_user_error
 from training.precision import Precision
 from training.step import train_step
-from training.validate import validate
 from utils.device import resolve_device
+from utils.errors import require
 from utils.io import save_json
 
 
@@ -126,18 +123,14 @@ def find_lr(cfg: DictConfig, out_dir: str | Path) -> tuple[FigureWriter, RangeTe
     return out, result
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="lr_finder")
+@command("lr_finder")
 def main(cfg: DictConfig) -> None:
-    with exit_on_user_error():
-        validate(cfg)
-        out, result = find_lr(cfg, HydraConfig.get().runtime.output_dir)
-        suggestion = "none (too few steps ran)" if result.suggestion is None else f"{result.suggestion:.4g}"
-        print(f"suggested lr {suggestion} ({len(result.lrs)} of {cfg.num_steps} steps run"
-              f"{', stopped early: the loss exploded' if result.stopped_early else ''})")
-        print(out.report())
+    out, result = find_lr(cfg, HydraConfig.get().runtime.output_dir)
+    suggestion = "none (too few steps ran)" if result.suggestion is None else f"{result.suggestion:.4g}"
+    print(f"suggested lr {suggestion} ({len(result.lrs)} of {cfg.num_steps} steps run"
+          f"{', stopped early: the loss exploded' if result.stopped_early else ''})")
+    print(out.report())
 
 
 if __name__ == "__main__":
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors instead of printing them: one line below
-    with exit_cleanly():
-        main()
+    run(main)

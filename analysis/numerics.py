@@ -21,10 +21,8 @@ Writes ``numerics_lse.png``, ``numerics_cancellation.png``, ``numerics_formats.p
 """
 import itertools
 import math
-import os
 from pathlib import Path
 
-import hydra
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -33,12 +31,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 import optimizers
-from analysis.checks import require
 from analysis.figures import FigureWriter, plt
 from analysis.loading import fixed_batches, model_for
-from training.errors import exit_cleanly, exit_on_user_error
+from cli.entry import command, run
 from training.precision import Precision
 from utils.device import resolve_device
+from utils.errors import require
 from utils.io import save_json
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -333,15 +331,12 @@ def tables(numbers: dict) -> str:
     return "\n".join(lines)
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="numerics")
+@command("numerics", validate_config=False)
 def main(cfg: DictConfig) -> None:
-    with exit_on_user_error():
-        out, numbers = numerics_report(cfg, HydraConfig.get().runtime.output_dir)
-        print(tables(numbers))
-        print(out.report())
+    out, numbers = numerics_report(cfg, HydraConfig.get().runtime.output_dir)
+    print(tables(numbers))
+    print(out.report())
 
 
 if __name__ == "__main__":
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors instead of printing them: one line below
-    with exit_cleanly():
-        main()
+    run(main)

@@ -18,21 +18,19 @@ Every step is ``optimizers.functional.sgd`` (the training optimizers' own update
 Also ``quadratic.json`` with every number, and the figures as TensorBoard images.
 """
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import hydra
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from torch import Tensor
 
-from analysis.checks import require
 from analysis.figures import FigureWriter, plt
+from cli.entry import command, run
 from optimizers.functional import sgd
-from training.errors import exit_cleanly, exit_on_user_error
+from utils.errors import require
 from utils.io import save_json
 
 F64 = torch.float64
@@ -217,18 +215,15 @@ def print_rates(rates: dict) -> None:
         print(f"{kappa:8g} | {cells[0]} | {cells[1]}")
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="quadratic")
+@command("quadratic", validate_config=False)
 def main(cfg: DictConfig) -> None:
-    with exit_on_user_error():
-        out, numbers = quadratic_report(cfg, HydraConfig.get().runtime.output_dir)
-        for b, gap in numbers["least_squares"]["final_gap"].items():
-            print(f"least squares, batch {b:>5}: step {numbers['least_squares']['step_size'][b]:.4g}, "
-                  f"f - f* after {cfg.epochs} epochs {gap:.3e}")
-        print_rates(numbers["rates"])
-        print(out.report())
+    out, numbers = quadratic_report(cfg, HydraConfig.get().runtime.output_dir)
+    for b, gap in numbers["least_squares"]["final_gap"].items():
+        print(f"least squares, batch {b:>5}: step {numbers['least_squares']['step_size'][b]:.4g}, "
+              f"f - f* after {cfg.epochs} epochs {gap:.3e}")
+    print_rates(numbers["rates"])
+    print(out.report())
 
 
 if __name__ == "__main__":
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors instead of printing them: one line below
-    with exit_cleanly():
-        main()
+    run(main)

@@ -13,7 +13,7 @@ import numpy as np
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from analysis.checks import require
+from utils.errors import require
 
 logging.getLogger("tensorboard").setLevel(logging.WARNING)  # one INFO line per event file read otherwise
 NOT_LABELS = ("data.root=", "trainer.device=", "hydra.", "experiment=")  # overrides that say nothing of a run
@@ -87,16 +87,31 @@ def read_runs(sweep_dir: str | Path) -> list[Run]:
     which it differs from the others (its directory name when there is only one)."""
     sweep_dir = Path(sweep_dir)
     require(sweep_dir.is_dir(), "sweep_dir", str(sweep_dir), "an existing multirun directory")
-    jobs = [d for d in sweep_dir.iterdir() if (d / ".hydra" / "overrides.yaml").is_file()
-            and (d / "metrics.jsonl").is_file() and (d / "metrics.jsonl").stat().st_size]
+    jobs = [d for d in find_jobs(sweep_dir, "metrics.jsonl")
+            if (d / ".hydra" / "overrides.yaml").is_file() and (d / "metrics.jsonl").stat().st_size]
     require(bool(jobs), "sweep_dir", str(sweep_dir), "a directory whose job subdirectories hold .hydra/ and "
             "metrics.jsonl (python train.py -m ... writes them)")
-    runs = [read_run(d) for d in sorted(jobs, key=job_order)]
-    shared = set.intersection(*(set(r.overrides) for r in runs)) if len(runs) > 1 else set()
-    for run in runs:
-        own = [o for o in run.overrides if o not in shared and not o.startswith(NOT_LABELS)]
-        run.label = " ".join(own) or run.directory.name
+    runs = [read_run(d) for d in jobs]
+    for run, label in zip(runs, labels(jobs)):
+        run.label = label
     return runs
+
+
+def find_jobs(sweep_dir: Path, holding: str) -> list[Path]:
+    """The job directories below ``sweep_dir`` whose run wrote the file ``holding``, in job order; at any depth,
+    since an override value holding a '/' nests Hydra's job directory."""
+    jobs = {p.parent for p in sweep_dir.rglob(holding)}
+    return sorted(jobs, key=lambda job: job_order(sweep_dir / job.relative_to(sweep_dir).parts[0]))
+
+
+def labels(jobs: list[Path]) -> list[str]:
+    """Each job's command-line overrides that not every job shares and that say something of the run (not
+    ``NOT_LABELS``); its directory name when none remain (or it has no ``.hydra/overrides.yaml``)."""
+    overrides = [list(OmegaConf.load(j / ".hydra" / "overrides.yaml")) if (j / ".hydra" / "overrides.yaml").is_file()
+                 else [] for j in jobs]
+    shared = set.intersection(*(set(o) for o in overrides)) if len(jobs) > 1 else set()
+    return [" ".join(o for o in own if o not in shared and not o.startswith(NOT_LABELS)) or job.name
+            for own, job in zip(overrides, jobs)]
 
 
 def job_order(directory: Path) -> tuple[int, str]:

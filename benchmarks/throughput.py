@@ -7,8 +7,8 @@ Each case is a list of Hydra overrides on the real default config with ``data=ci
 ``model=mlp``, ``model=resnet20``, ``model=resnet56``). Per case, three ways of training the same model for
 ``steps`` steps of ``data.batch_size`` images, adjacent in time, the order rotating between rounds:
 
-- trainer: ``training.run.build_trainer(cfg)`` and ``Trainer.fit`` paused every ``steps`` steps; images/s is the
-  Trainer's own clock (``train_images / train_seconds``, what ``summary.json`` reports as train_images_per_sec);
+- trainer: ``cli.compose.build_trainer(cfg)`` and ``Trainer.fit`` paused every ``steps`` steps; images/s is the
+  Trainer's own clock (``train_images / stopwatch.total``, what ``summary.json`` reports as train_images_per_sec);
 - bare loop: the same model, in-memory batches (the Trainer's loader), precision, memory format and optimizer,
   as forward, loss, backward, step, zero_grad and nothing else: Trainer / bare measures the framework's overhead;
 - usual recipe: torchvision transforms (RandomCrop with padding 4, RandomHorizontalFlip, ToTensor, Normalize)
@@ -43,9 +43,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import optimizers  # noqa: E402
+from cli.compose import build_trainer  # noqa: E402
 from data import batches_forever  # noqa: E402
 from training.precision import DTYPES  # noqa: E402
-from training.run import build_trainer  # noqa: E402
 
 DEFAULT_CASES = ("model=mlp", "model=resnet20", "model=resnet56")
 VARIANTS = ("usual", "bare", "trainer")
@@ -130,9 +130,9 @@ def bare_loop(cfg, trainer):
 
 def trainer_loop(trainer):
     def run(steps: int) -> float:
-        images, seconds = trainer.train_images, trainer.train_seconds
+        images, seconds = trainer.train_images, trainer.stopwatch.total
         trainer.fit(stop_after_steps=trainer.global_step + steps)
-        return (trainer.train_images - images) / (trainer.train_seconds - seconds)
+        return (trainer.train_images - images) / (trainer.stopwatch.total - seconds)
     return run
 
 

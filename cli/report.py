@@ -18,7 +18,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
-from training.errors import one_line
+from cli.errors import one_line
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def job(run_dir: str | Path, in_sweep: bool):
     try:
         yield
     except Exception as e:
-        from training.trainer import Interrupted
+        from training.signals import Interrupted
         if isinstance(e, Interrupted) or not main_rank:  # Ctrl-C stops the whole sweep, its checkpoint saved
             raise
         message = one_line(e)

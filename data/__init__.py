@@ -6,6 +6,7 @@ import torch
 
 from data.loader import BatchLoader, batches_forever
 from data.sources import SOURCES, DatasetNotFoundError
+from utils.errors import ConfigError, require
 
 __all__ = ["BatchLoader", "DatasetNotFoundError", "ImageData", "batches_forever", "build", "subset"]
 
@@ -27,8 +28,7 @@ def subset(images: torch.Tensor, labels: torch.Tensor, n: int | None):
     """The first ``n`` examples of a fixed permutation (all of them when ``n`` is None)."""
     if n is None:
         return images, labels
-    if not 0 < n <= len(labels):
-        raise ValueError(f"subset size {n} is out of range: must be in [1, {len(labels)}] or null")
+    require(0 < n <= len(labels), "subset size", n, f"an integer in [1, {len(labels)}] or null")
     idx = torch.randperm(len(labels), generator=torch.Generator().manual_seed(SUBSET_SEED))[:n]
     return images[idx], labels[idx]
 
@@ -63,15 +63,14 @@ def build(*, source: str, root: str, download: bool = False, batch_size: int = 1
     ``num_classes``, ``in_channels`` and ``image_size`` are the config's promise (models read them
     by interpolation before any data is loaded); they are checked against the data here.
     """
-    if source not in SOURCES:
-        raise ValueError(f"data.source={source!r} is unknown; allowed: {', '.join(SOURCES)}")
+    require(source in SOURCES, "data.source", source, f"one of {', '.join(SOURCES)}")
     load = SOURCES[source]
     train_x, train_y = load(root, train=True, download=download)
     val_x, val_y = load(root, train=False, download=download)
     mean, std = channel_stats(train_x)  # the full training split's statistics, subset or not
     found = (int(train_y.max()) + 1, train_x.shape[1], train_x.shape[-1])
     if found != (num_classes, in_channels, image_size):
-        raise ValueError(f"data at {root!r} has (classes, channels, size)={found}, but the config says "
+        raise ConfigError(f"data at {root!r} has (classes, channels, size)={found}, but the config says "
                          f"{(num_classes, in_channels, image_size)}")
     train_x, train_y = subset(train_x, train_y, train_subset)
     val_x, val_y = subset(val_x, val_y, val_subset)

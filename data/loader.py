@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from utils.errors import require
+
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """A generator whose stream depends on (seed, epoch) with no collisions between pairs."""
@@ -33,12 +35,9 @@ class BatchLoader:
                  device: torch.device | str = "cpu", memory_format: torch.memory_format = torch.contiguous_format):
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size}: must be >= 1")
-        if crop_padding < 0:
-            raise ValueError(f"crop_padding={crop_padding}: must be >= 0")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank={rank} is invalid for world_size={world_size}: must be in [0, world_size)")
+        require(batch_size >= 1, "data.batch_size", batch_size, "an integer >= 1")
+        require(crop_padding >= 0, "data.crop_padding", crop_padding, "an integer >= 0")
+        require(0 <= rank < world_size, "rank", rank, f"an integer in [0, world_size={world_size})")
         self.images, self.labels = images.to(device), labels.to(device)  # the whole uint8 set: 150 MB for CIFAR-10
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.crop_padding, self.flip, self.seed = crop_padding, flip, seed

@@ -5,8 +5,10 @@ import torch
 import torchvision
 from torchvision.io import ImageReadMode, decode_image, read_file
 
+from utils.errors import ConfigError, UserError
 
-class DatasetNotFoundError(FileNotFoundError):
+
+class DatasetNotFoundError(UserError, FileNotFoundError):
     """The dataset is not where the config says; the message says where we looked and what to do."""
 
 
@@ -48,7 +50,7 @@ def load_cifar10(root: str, train: bool, download: bool = False):
 def load_image_folder(root: str, train: bool, download: bool = False):
     """``root/{train,test}/<class>/<image>``, classes in sorted order (CIFAR-10's label order)."""
     if download:
-        raise ValueError("data.download=true is not possible for an image folder; set data.download=false")
+        raise ConfigError("data.download=True is invalid for an image folder: allowed false (the folder must exist)")
     split = Path(root) / ("train" if train else "test")
     if not split.is_dir():
         raise DatasetNotFoundError(

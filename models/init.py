@@ -7,6 +7,8 @@ Biases start at zero for every scheme but ``default`` (PyTorch's own per-layer d
 """
 import torch.nn as nn
 
+from utils.errors import ConfigError
+
 SCHEMES = {
     "kaiming_normal": lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu"),
     "kaiming_uniform": lambda w: nn.init.kaiming_uniform_(w, nonlinearity="relu"),
@@ -20,7 +22,7 @@ def init_weights(model: nn.Module, scheme: str = "default") -> nn.Module:
     if scheme == "default":
         return model
     if scheme not in SCHEMES:
-        raise ValueError(f"model.init={scheme!r} is unknown; allowed: default, {', '.join(SCHEMES)}")
+        raise ConfigError(f"model.init={scheme!r} is invalid: allowed one of default, {', '.join(SCHEMES)}")
     for module in model.modules():
         if isinstance(module, (nn.Linear, nn.Conv2d)):
             SCHEMES[scheme](module.weight)

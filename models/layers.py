@@ -2,13 +2,15 @@
 import torch
 import torch.nn as nn
 
+from utils.errors import ConfigError
+
 ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "gelu": nn.GELU,
                "leaky_relu": nn.LeakyReLU, "elu": nn.ELU}
 
 
 def activation(name: str) -> nn.Module:
     if name not in ACTIVATIONS:
-        raise ValueError(f"model.activation={name!r} is unknown; allowed: {', '.join(ACTIVATIONS)}")
+        raise ConfigError(f"model.activation={name!r} is invalid: allowed one of {', '.join(ACTIVATIONS)}")
     return ACTIVATIONS[name]()
 
 

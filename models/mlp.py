@@ -6,6 +6,7 @@ import torch.nn as nn
 
 from models.init import init_weights
 from models.layers import Float32Linear, activation as make_activation
+from utils.errors import require
 
 
 class MLP(nn.Module):
@@ -18,8 +19,7 @@ class MLP(nn.Module):
                  hidden_sizes: Sequence[int] = (512, 256), activation: str = "relu",
                  batch_norm: bool = False, dropout: float = 0.0, init: str = "default", sync_bn: bool = False):
         super().__init__()
-        if not 0 <= dropout < 1:
-            raise ValueError(f"model.dropout={dropout}: must be in [0, 1)")
+        require(0 <= dropout < 1, "model.dropout", dropout, "a number in [0, 1)")
         widths = [in_channels * image_size * image_size, *hidden_sizes]
         self.layers = nn.ModuleList()
         for fan_in, fan_out in zip(widths[:-1], widths[1:]):

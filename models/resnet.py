@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from models.init import init_weights
 from models.layers import Float32Linear, activation as make_activation
+from utils.errors import require
 
 
 class PadShortcut(nn.Module):
@@ -61,8 +62,8 @@ class ResNet(nn.Module):
                  batch_norm: bool = True, activation: str = "relu", width: int = 16,
                  init: str = "kaiming_normal", sync_bn: bool = False):
         super().__init__()
-        if depth < 8 or (depth - 2) % 6:
-            raise ValueError(f"model.depth={depth}: a CIFAR ResNet has depth 6n+2 (20, 32, 44, 56, 110, ...)")
+        require(depth >= 8 and (depth - 2) % 6 == 0, "model.depth", depth,
+                "a CIFAR ResNet depth 6n+2 (20, 32, 44, 56, 110, ...)")
         n = (depth - 2) // 6
         self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=not batch_norm)
         self.bn1 = nn.BatchNorm2d(width) if batch_norm else nn.Identity()

@@ -4,7 +4,7 @@ import torch
 from torch import Tensor
 
 from optimizers import functional as F
-from optimizers.base import FunctionalOptimizer, require
+from optimizers.base import FunctionalOptimizer, check
 
 
 class Adagrad(FunctionalOptimizer):
@@ -31,12 +31,11 @@ class Adagrad(FunctionalOptimizer):
     def __init__(self, params, lr: float = 1e-2, lr_decay: float = 0.0, weight_decay: float = 0.0,
                  initial_accumulator_value: float = 0.0, eps: float = 1e-10, *, maximize: bool = False,
                  foreach: bool = True) -> None:
-        require(lr >= 0.0, "learning rate", lr, ">= 0")
-        require(lr_decay >= 0.0, "lr_decay value", lr_decay, ">= 0")
-        require(weight_decay >= 0.0, "weight_decay value", weight_decay, ">= 0")
-        require(initial_accumulator_value >= 0.0, "initial_accumulator_value value", initial_accumulator_value,
-                ">= 0")
-        require(eps >= 0.0, "epsilon value", eps, ">= 0")
+        check("lr", lr, "learning rate")
+        check("lr_decay", lr_decay, "lr_decay value")
+        check("weight_decay", weight_decay, "weight_decay value")
+        check("initial_accumulator_value", initial_accumulator_value, "initial_accumulator_value value")
+        check("eps", eps, "epsilon value")
         defaults = dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                         initial_accumulator_value=initial_accumulator_value, eps=eps, maximize=maximize,
                         foreach=foreach)

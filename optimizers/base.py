@@ -5,18 +5,43 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from utils.errors import ConfigError
+from utils.rules import BOOL, Rule, integer, list_of, number, one_of
+
+BETA = number(0, 1, hi_open=True)
+# Each hyperparameter's rule, stated once: the constructors check their arguments with it and the config
+# validator checks optimizer.<key> (and a wrapped optimizer's optimizer.base.<key>) with it.
+HYPERPARAMETERS: dict[str, Rule] = {
+    "lr": number(0), "momentum": number(0, 1, hi_open=True), "dampening": number(0, 1), "weight_decay": number(0),
+    "eps": number(0), "alpha": number(0, 1), "betas": list_of(BETA, length=2), "lr_decay": number(0),
+    "initial_accumulator_value": number(0), "k": integer(1), "max_iter": integer(1),
+    "max_eval": integer(1, nullable=True), "history_size": integer(1), "tolerance_grad": number(0),
+    "tolerance_change": number(0), "line_search_fn": one_of(None, "strong_wolfe"),
+    **{flag: BOOL for flag in ("nesterov", "maximize", "foreach", "lr_in_velocity", "decay_norm_and_bias",
+                               "centered", "eps_inside_sqrt", "amsgrad", "decoupled_weight_decay")},
+}
+
+
+def check(key: str, value, name: str | None = None, rule: Rule | None = None) -> None:
+    """``HYPERPARAMETERS[key]`` (or ``rule``) applied to ``value`` (a 0-dim tensor LR counts as its number), in
+    torch.optim's wording: ``Invalid <name>: <value> (must be <range>)``."""
+    rule = rule or HYPERPARAMETERS[key]
+    number_value = value.item() if isinstance(value, Tensor) else value
+    require(rule.ok(number_value), name or key, value, rule.allowed.removeprefix("a number ").removeprefix("an integer "))
+
 
 def require(ok: bool, name: str, value, allowed: str) -> None:
-    """Raise ValueError("Invalid <name>: <value> (must be <allowed>)") unless `ok`."""
+    """Raise ConfigError("Invalid <name>: <value> (must be <allowed>)") unless `ok`: torch.optim's wording, which
+    the parity tests hold the constructors to (a ValueError, as torch's)."""
     if not ok:
-        raise ValueError(f"Invalid {name}: {value} (must be {allowed})")
+        raise ConfigError(f"Invalid {name}: {value} (must be {allowed})")
 
 
 def check_betas(betas) -> tuple[float, float]:
     """Both betas in [0, 1); returns them as a tuple of floats (a Hydra ListConfig becomes plain data)."""
     beta1, beta2 = betas
-    require(0.0 <= beta1 < 1.0, "beta parameter at index 0", beta1, "in [0, 1)")
-    require(0.0 <= beta2 < 1.0, "beta parameter at index 1", beta2, "in [0, 1)")
+    check("betas", beta1, "beta parameter at index 0", BETA)
+    check("betas", beta2, "beta parameter at index 1", BETA)
     return float(beta1), float(beta2)
 
 

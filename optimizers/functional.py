@@ -1,11 +1,14 @@
 """Update rules as plain tensor arithmetic, shared by the optimizer classes and the toy-function lab.
 
 Every rule takes lists (parameters, gradients, state tensors) and keyword-only hyperparameters, updates the
-parameters and state in place and never writes to the gradients. Two paths compute the same numbers:
+parameters and state in place and never writes to the gradients. As in torch/optim, each rule ``f`` is a
+public function that picks one of two implementations computing the same numbers:
 
-- ``foreach=False``: one tensor at a time, written to be read next to the equations in the docstring;
-- ``foreach=True`` (default): multi-tensor ``torch._foreach_*`` kernels, one launch per operation for the
-  whole list. Scalars that depend on the step (bias corrections) are folded into as few passes as possible.
+- ``_single_tensor_f`` (``foreach=False``): one tensor at a time, to be read next to the equations in the
+  docstring;
+- ``_foreach_f`` (``foreach=True``, the default): multi-tensor ``torch._foreach_*`` kernels, one launch per
+  operation for the whole list. Scalars that depend on the step (bias corrections) are folded into as few passes
+  as possible.
 
 Notation: w parameters, g gradient (negated when ``maximize``), eta learning rate, lambda weight decay,
 t the step count after increment (state ``step``, a float tensor, as in torch.optim).
@@ -66,22 +69,36 @@ def sgd(params: list[Tensor], grads: list[Tensor], momentum_buffers: list[Tensor
 
     ``momentum_buffers`` holds v per parameter, ``None`` before the first step (filled in place).
     """
-    if not foreach:
-        for i, (w, g) in enumerate(zip(params, grads)):
-            g = -g if maximize else g
-            if weight_decay:
-                g = g.add(w, alpha=weight_decay)
-            if lr_in_velocity:
-                g = g * lr
-            if momentum:
-                v = momentum_buffers[i]
-                if v is None:
-                    v = momentum_buffers[i] = g.clone()
-                else:
-                    v.mul_(momentum).add_(g, alpha=1 - dampening)
-                g = g.add(v, alpha=momentum) if nesterov else v
-            w.add_(g, alpha=-1.0 if lr_in_velocity else -lr)
-        return
+    (_foreach_sgd if foreach else _single_tensor_sgd)(params, grads, momentum_buffers, lr=lr, momentum=momentum,
+                                                      dampening=dampening, weight_decay=weight_decay,
+                                                      nesterov=nesterov, maximize=maximize,
+                                                      lr_in_velocity=lr_in_velocity)
+
+
+def _single_tensor_sgd(params: list[Tensor], grads: list[Tensor], momentum_buffers: list[Tensor | None], *, lr: float,
+                       momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
+                       maximize: bool = False, lr_in_velocity: bool = False) -> None:
+    """:func:`sgd` one tensor at a time, as the equations read."""
+    for i, (w, g) in enumerate(zip(params, grads)):
+        g = -g if maximize else g
+        if weight_decay:
+            g = g.add(w, alpha=weight_decay)
+        if lr_in_velocity:
+            g = g * lr
+        if momentum:
+            v = momentum_buffers[i]
+            if v is None:
+                v = momentum_buffers[i] = g.clone()
+            else:
+                v.mul_(momentum).add_(g, alpha=1 - dampening)
+            g = g.add(v, alpha=momentum) if nesterov else v
+        w.add_(g, alpha=-1.0 if lr_in_velocity else -lr)
+
+
+def _foreach_sgd(params: list[Tensor], grads: list[Tensor], momentum_buffers: list[Tensor | None], *, lr: float,
+                 momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
+                 maximize: bool = False, lr_in_velocity: bool = False) -> None:
+    """:func:`sgd` with multi-tensor ``torch._foreach_*`` kernels: one launch per operation."""
     given = grads
     grads = _decayed_grads(params, grads, weight_decay, maximize)
     if lr_in_velocity:
@@ -124,22 +141,40 @@ def rmsprop(params: list[Tensor], grads: list[Tensor], square_avgs: list[Tensor]
     ``grad_avgs`` (gbar) is used only when centered, ``momentum_buffers`` (b) only when momentum > 0;
     ``state_steps`` only counts steps.
     """
-    if not foreach:
-        for i, (w, g, s, step) in enumerate(zip(params, grads, square_avgs, state_steps)):
-            step += 1
-            g = -g if maximize else g
-            if weight_decay:
-                g = g.add(w, alpha=weight_decay)
-            s.mul_(alpha).addcmul_(g, g, value=1 - alpha)
-            if centered:
-                grad_avgs[i].lerp_(g, 1 - alpha)
-                s = s.addcmul(grad_avgs[i], grad_avgs[i], value=-1)
-            r = s.add(eps).sqrt_() if eps_inside_sqrt else s.sqrt().add_(eps)
-            if momentum > 0:
-                w.add_(momentum_buffers[i].mul_(momentum).addcdiv_(g, r), alpha=-lr)
-            else:
-                w.addcdiv_(g, r, value=-lr)
-        return
+    (_foreach_rmsprop if foreach else _single_tensor_rmsprop)(params, grads, square_avgs, grad_avgs,
+                                                              momentum_buffers, state_steps, lr=lr, alpha=alpha,
+                                                              eps=eps, weight_decay=weight_decay, momentum=momentum,
+                                                              centered=centered, maximize=maximize,
+                                                              eps_inside_sqrt=eps_inside_sqrt)
+
+
+def _single_tensor_rmsprop(params: list[Tensor], grads: list[Tensor], square_avgs: list[Tensor],
+                           grad_avgs: list[Tensor], momentum_buffers: list[Tensor], state_steps: list[Tensor], *,
+                           lr: float, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0,
+                           momentum: float = 0.0, centered: bool = False, maximize: bool = False,
+                           eps_inside_sqrt: bool = False) -> None:
+    """:func:`rmsprop` one tensor at a time, as the equations read."""
+    for i, (w, g, s, step) in enumerate(zip(params, grads, square_avgs, state_steps)):
+        step += 1
+        g = -g if maximize else g
+        if weight_decay:
+            g = g.add(w, alpha=weight_decay)
+        s.mul_(alpha).addcmul_(g, g, value=1 - alpha)
+        if centered:
+            grad_avgs[i].lerp_(g, 1 - alpha)
+            s = s.addcmul(grad_avgs[i], grad_avgs[i], value=-1)
+        r = s.add(eps).sqrt_() if eps_inside_sqrt else s.sqrt().add_(eps)
+        if momentum > 0:
+            w.add_(momentum_buffers[i].mul_(momentum).addcdiv_(g, r), alpha=-lr)
+        else:
+            w.addcdiv_(g, r, value=-lr)
+
+
+def _foreach_rmsprop(params: list[Tensor], grads: list[Tensor], square_avgs: list[Tensor], grad_avgs: list[Tensor],
+                     momentum_buffers: list[Tensor], state_steps: list[Tensor], *, lr: float, alpha: float = 0.99,
+                     eps: float = 1e-8, weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False,
+                     maximize: bool = False, eps_inside_sqrt: bool = False) -> None:
+    """:func:`rmsprop` with multi-tensor ``torch._foreach_*`` kernels: one launch per operation."""
     torch._foreach_add_(state_steps, 1.0)
     grads = _decayed_grads(params, grads, weight_decay, maximize)
     torch._foreach_mul_(square_avgs, alpha)
@@ -174,16 +209,31 @@ def adagrad(params: list[Tensor], grads: list[Tensor], state_sums: list[Tensor],
         s_t = s_{t-1} + g_t^2 \quad (s_0 = \text{initial\_accumulator\_value}) \\
         w_t = w_{t-1} - \eta_t g_t / (\sqrt{s_t} + \epsilon)
     """
-    ts = _increment(state_steps, foreach)
+    (_foreach_adagrad if foreach else _single_tensor_adagrad)(params, grads, state_sums, state_steps, lr=lr,
+                                                              lr_decay=lr_decay, weight_decay=weight_decay, eps=eps,
+                                                              maximize=maximize)
+
+
+def _single_tensor_adagrad(params: list[Tensor], grads: list[Tensor], state_sums: list[Tensor],
+                           state_steps: list[Tensor], *, lr: float, lr_decay: float = 0.0, weight_decay: float = 0.0,
+                           eps: float = 1e-10, maximize: bool = False) -> None:
+    """:func:`adagrad` one tensor at a time, as the equations read."""
+    ts = _increment(state_steps, foreach=False)
     step_sizes = [-lr / (1 + (t - 1) * lr_decay) for t in ts]
-    if not foreach:
-        for w, g, s, step_size in zip(params, grads, state_sums, step_sizes):
-            g = -g if maximize else g
-            if weight_decay:
-                g = g.add(w, alpha=weight_decay)
-            s.addcmul_(g, g)
-            w.addcdiv_(g, s.sqrt().add_(eps), value=step_size)
-        return
+    for w, g, s, step_size in zip(params, grads, state_sums, step_sizes):
+        g = -g if maximize else g
+        if weight_decay:
+            g = g.add(w, alpha=weight_decay)
+        s.addcmul_(g, g)
+        w.addcdiv_(g, s.sqrt().add_(eps), value=step_size)
+
+
+def _foreach_adagrad(params: list[Tensor], grads: list[Tensor], state_sums: list[Tensor], state_steps: list[Tensor], *,
+                     lr: float, lr_decay: float = 0.0, weight_decay: float = 0.0, eps: float = 1e-10,
+                     maximize: bool = False) -> None:
+    """:func:`adagrad` with multi-tensor ``torch._foreach_*`` kernels: one launch per operation."""
+    ts = _increment(state_steps, foreach=True)
+    step_sizes = [-lr / (1 + (t - 1) * lr_decay) for t in ts]
     grads = _decayed_grads(params, grads, weight_decay, maximize)
     torch._foreach_addcmul_(state_sums, grads, grads)
     std = torch._foreach_sqrt(state_sums)
@@ -210,23 +260,44 @@ def adam(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_
     eta_t = eta sqrt(1 - beta2^t) / (1 - beta1^t) and eps_t = eps sqrt(1 - beta2^t).
     ``max_exp_avg_sqs`` is used only with amsgrad.
     """
-    ts = _increment(state_steps, foreach)
+    (_foreach_adam if foreach else _single_tensor_adam)(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
+                                                        state_steps, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                                                        weight_decay=weight_decay, amsgrad=amsgrad,
+                                                        decoupled_weight_decay=decoupled_weight_decay,
+                                                        maximize=maximize)
+
+
+def _single_tensor_adam(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
+                        max_exp_avg_sqs: list[Tensor], state_steps: list[Tensor], *, lr: float, beta1: float = 0.9,
+                        beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False,
+                        decoupled_weight_decay: bool = False, maximize: bool = False) -> None:
+    """:func:`adam` one tensor at a time, as the equations read."""
+    ts = _increment(state_steps, foreach=False)
     if weight_decay and decoupled_weight_decay:
-        _shrink(params, 1 - lr * weight_decay, foreach)
+        _shrink(params, 1 - lr * weight_decay, foreach=False)
     coupled_decay = 0.0 if decoupled_weight_decay else weight_decay
-    if not foreach:
-        for i, (w, g, m, v, t) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, ts)):
-            g = -g if maximize else g
-            if coupled_decay:
-                g = g.add(w, alpha=coupled_decay)
-            m.lerp_(g, 1 - beta1)
-            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            if amsgrad:
-                v = torch.maximum(max_exp_avg_sqs[i], v, out=max_exp_avg_sqs[i])
-            m_hat = m / (1 - beta1**t)
-            v_hat = v / (1 - beta2**t)
-            w.addcdiv_(m_hat, v_hat.sqrt_().add_(eps), value=-lr)
-        return
+    for i, (w, g, m, v, t) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, ts)):
+        g = -g if maximize else g
+        if coupled_decay:
+            g = g.add(w, alpha=coupled_decay)
+        m.lerp_(g, 1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        if amsgrad:
+            v = torch.maximum(max_exp_avg_sqs[i], v, out=max_exp_avg_sqs[i])
+        m_hat = m / (1 - beta1**t)
+        v_hat = v / (1 - beta2**t)
+        w.addcdiv_(m_hat, v_hat.sqrt_().add_(eps), value=-lr)
+
+
+def _foreach_adam(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
+                  max_exp_avg_sqs: list[Tensor], state_steps: list[Tensor], *, lr: float, beta1: float = 0.9,
+                  beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False,
+                  decoupled_weight_decay: bool = False, maximize: bool = False) -> None:
+    """:func:`adam` with multi-tensor ``torch._foreach_*`` kernels: one launch per operation."""
+    ts = _increment(state_steps, foreach=True)
+    if weight_decay and decoupled_weight_decay:
+        _shrink(params, 1 - lr * weight_decay, foreach=True)
+    coupled_decay = 0.0 if decoupled_weight_decay else weight_decay
     grads = _decayed_grads(params, grads, coupled_decay, maximize)
     torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
     torch._foreach_mul_(exp_avg_sqs, beta2)
@@ -273,23 +344,44 @@ def radam(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp
 
     with rho_t and r_t from :func:`radam_step_size`.
     """
-    ts = _increment(state_steps, foreach)
+    (_foreach_radam if foreach else _single_tensor_radam)(params, grads, exp_avgs, exp_avg_sqs, state_steps, lr=lr,
+                                                          beta1=beta1, beta2=beta2, eps=eps,
+                                                          weight_decay=weight_decay,
+                                                          decoupled_weight_decay=decoupled_weight_decay,
+                                                          maximize=maximize)
+
+
+def _single_tensor_radam(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
+                         state_steps: list[Tensor], *, lr: float, beta1: float = 0.9, beta2: float = 0.999,
+                         eps: float = 1e-8, weight_decay: float = 0.0, decoupled_weight_decay: bool = False,
+                         maximize: bool = False) -> None:
+    """:func:`radam` one tensor at a time, as the equations read."""
+    ts = _increment(state_steps, foreach=False)
     if weight_decay and decoupled_weight_decay:
-        _shrink(params, 1 - lr * weight_decay, foreach)
+        _shrink(params, 1 - lr * weight_decay, foreach=False)
     coupled_decay = 0.0 if decoupled_weight_decay else weight_decay
     steps = [radam_step_size(t, lr=lr, beta1=beta1, beta2=beta2) for t in ts]
-    if not foreach:
-        for w, g, m, v, (step_size, rectified) in zip(params, grads, exp_avgs, exp_avg_sqs, steps):
-            g = -g if maximize else g
-            if coupled_decay:
-                g = g.add(w, alpha=coupled_decay)
-            m.lerp_(g, 1 - beta1)
-            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            if rectified:
-                w.addcdiv_(m, v.sqrt().add_(eps), value=-step_size)
-            else:
-                w.add_(m, alpha=-step_size)
-        return
+    for w, g, m, v, (step_size, rectified) in zip(params, grads, exp_avgs, exp_avg_sqs, steps):
+        g = -g if maximize else g
+        if coupled_decay:
+            g = g.add(w, alpha=coupled_decay)
+        m.lerp_(g, 1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        if rectified:
+            w.addcdiv_(m, v.sqrt().add_(eps), value=-step_size)
+        else:
+            w.add_(m, alpha=-step_size)
+
+
+def _foreach_radam(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
+                   state_steps: list[Tensor], *, lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+                   weight_decay: float = 0.0, decoupled_weight_decay: bool = False, maximize: bool = False) -> None:
+    """:func:`radam` with multi-tensor ``torch._foreach_*`` kernels: one launch per operation."""
+    ts = _increment(state_steps, foreach=True)
+    if weight_decay and decoupled_weight_decay:
+        _shrink(params, 1 - lr * weight_decay, foreach=True)
+    coupled_decay = 0.0 if decoupled_weight_decay else weight_decay
+    steps = [radam_step_size(t, lr=lr, beta1=beta1, beta2=beta2) for t in ts]
     grads = _decayed_grads(params, grads, coupled_decay, maximize)
     torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
     torch._foreach_mul_(exp_avg_sqs, beta2)

@@ -8,7 +8,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from optimizers import functional as F
-from optimizers.base import require
+from optimizers.base import check, require
 
 # A point on the line w + t d: (t, loss, flat gradient, directional derivative g^T d).
 Point = tuple[float, float, Tensor, float]
@@ -133,12 +133,12 @@ class LBFGS(Optimizer):
                  tolerance_grad: float = 1e-7, tolerance_change: float = 1e-9, history_size: int = 100,
                  line_search_fn: str | None = None, *, maximize: bool = False) -> None:
         max_eval = max_iter * 5 // 4 if max_eval is None else max_eval
-        require(lr >= 0.0, "learning rate", lr, ">= 0")
-        require(max_iter >= 1, "max_iter", max_iter, ">= 1")
-        require(max_eval >= 1, "max_eval", max_eval, ">= 1")
-        require(tolerance_grad >= 0.0, "tolerance_grad", tolerance_grad, ">= 0")
-        require(tolerance_change >= 0.0, "tolerance_change", tolerance_change, ">= 0")
-        require(history_size >= 1, "history_size", history_size, ">= 1")
+        check("lr", lr, "learning rate")
+        check("max_iter", max_iter)
+        check("max_eval", max_eval)
+        check("tolerance_grad", tolerance_grad)
+        check("tolerance_change", tolerance_change)
+        check("history_size", history_size)
         require(line_search_fn in (None, "strong_wolfe"), "line_search_fn", line_search_fn,
                 "None or 'strong_wolfe'")
         defaults = dict(lr=lr, max_iter=max_iter, max_eval=max_eval, tolerance_grad=tolerance_grad,

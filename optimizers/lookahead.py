@@ -8,7 +8,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from optimizers import functional as F
-from optimizers.base import require
+from optimizers.base import check
 
 
 class Lookahead(Optimizer):
@@ -35,8 +35,8 @@ class Lookahead(Optimizer):
 
     def __init__(self, params: Iterable | None, base: Callable[..., Optimizer] | Optimizer, k: int = 5,
                  alpha: float = 0.5) -> None:
-        require(isinstance(k, int) and k >= 1, "k", k, "an integer >= 1")
-        require(0.0 <= alpha <= 1.0, "alpha", alpha, "in [0, 1]")
+        check("k", k)
+        check("alpha", alpha)
         self.base = base if isinstance(base, Optimizer) else base(params)
         self.k, self.alpha, self.steps = k, alpha, 0
         super().__init__(self._params(), {"k": k, "alpha": alpha})

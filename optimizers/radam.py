@@ -4,7 +4,7 @@ import torch
 from torch import Tensor
 
 from optimizers import functional as F
-from optimizers.base import FunctionalOptimizer, check_betas, require
+from optimizers.base import FunctionalOptimizer, check, check_betas
 
 
 class RAdam(FunctionalOptimizer):
@@ -32,9 +32,9 @@ class RAdam(FunctionalOptimizer):
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, decoupled_weight_decay: bool = False, *, maximize: bool = False,
                  foreach: bool = True) -> None:
-        require(lr >= 0.0, "learning rate", lr, ">= 0")
-        require(eps >= 0.0, "epsilon value", eps, ">= 0")
-        require(weight_decay >= 0.0, "weight_decay value", weight_decay, ">= 0")
+        check("lr", lr, "learning rate")
+        check("eps", eps, "epsilon value")
+        check("weight_decay", weight_decay, "weight_decay value")
         defaults = dict(lr=lr, betas=check_betas(betas), eps=eps, weight_decay=weight_decay,
                         decoupled_weight_decay=decoupled_weight_decay, maximize=maximize, foreach=foreach)
         super().__init__(params, defaults)

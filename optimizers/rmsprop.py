@@ -4,7 +4,7 @@ import torch
 from torch import Tensor
 
 from optimizers import functional as F
-from optimizers.base import FunctionalOptimizer, require
+from optimizers.base import FunctionalOptimizer, check
 
 
 class RMSprop(FunctionalOptimizer):
@@ -32,11 +32,11 @@ class RMSprop(FunctionalOptimizer):
     def __init__(self, params, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
                  weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False, *,
                  maximize: bool = False, foreach: bool = True, eps_inside_sqrt: bool = False) -> None:
-        require(lr >= 0.0, "learning rate", lr, ">= 0")
-        require(0.0 <= alpha <= 1.0, "alpha value", alpha, "in [0, 1]")
-        require(eps >= 0.0, "epsilon value", eps, ">= 0")
-        require(weight_decay >= 0.0, "weight_decay value", weight_decay, ">= 0")
-        require(momentum >= 0.0, "momentum value", momentum, ">= 0")
+        check("lr", lr, "learning rate")
+        check("alpha", alpha, "alpha value")
+        check("eps", eps, "epsilon value")
+        check("weight_decay", weight_decay, "weight_decay value")
+        check("momentum", momentum, "momentum value")
         defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
                         centered=centered, maximize=maximize, foreach=foreach, eps_inside_sqrt=eps_inside_sqrt)
         super().__init__(params, defaults)

@@ -22,14 +22,15 @@ from collections.abc import Sequence
 
 import torch
 
+from utils.errors import ConfigError, require
+
 _WARMUP_MODES = ("linear", "constant")
 _UNITS = ("step", "epoch")
 _ANNEAL = ("cos", "linear")
 
 
 def _require(ok: bool, name: str, value, allowed: str) -> None:
-    if not ok:
-        raise ValueError(f"{name}={value!r} is invalid: expected {allowed}")
+    require(ok, f"scheduler.{name}", value, allowed)
 
 
 class LRSchedule:
@@ -88,7 +89,7 @@ class LRSchedule:
         ours = {"schedule": type(self).__name__, **self.hparams}
         diff = {k: (saved.get(k), ours.get(k)) for k in saved.keys() | ours.keys() if saved.get(k) != ours.get(k)}
         if diff:
-            raise ValueError(f"scheduler state does not match this schedule; (saved, configured) per key: {diff}")
+            raise ConfigError(f"scheduler state does not match this schedule; (saved, configured) per key: {diff}")
         _require(len(state["base_lrs"]) == len(self.base_lrs), "len(base_lrs)", len(state["base_lrs"]),
                  f"one base LR per param group ({len(self.base_lrs)})")
         self.base_lrs = [float(lr) for lr in state["base_lrs"]]

@@ -3,7 +3,7 @@
 from torch import Tensor
 
 from optimizers import functional as F
-from optimizers.base import FunctionalOptimizer, require
+from optimizers.base import FunctionalOptimizer, check, require
 
 
 class SGD(FunctionalOptimizer):
@@ -30,10 +30,10 @@ class SGD(FunctionalOptimizer):
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False, *, maximize: bool = False,
                  foreach: bool = True, lr_in_velocity: bool = False) -> None:
-        require(lr >= 0.0, "learning rate", lr, ">= 0")
-        require(momentum >= 0.0, "momentum value", momentum, ">= 0")
-        require(0.0 <= dampening <= 1.0, "dampening value", dampening, "in [0, 1]")
-        require(weight_decay >= 0.0, "weight_decay value", weight_decay, ">= 0")
+        check("lr", lr, "learning rate")
+        check("momentum", momentum, "momentum value")
+        check("dampening", dampening, "dampening value")
+        check("weight_decay", weight_decay, "weight_decay value")
         require(not nesterov or (momentum > 0 and dampening == 0), "nesterov", nesterov,
                 f"False unless momentum > 0 and dampening == 0, got momentum={momentum}, dampening={dampening}")
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,

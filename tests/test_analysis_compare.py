@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from analysis.compare import compare, lr_curves
 from analysis.runs import read_runs
 from conftest import CONFIG_DIR, DATA_ROOT, REPO
-from training.validate import ConfigError
+from utils.errors import ConfigError
 
 
 def sweep_params(experiment: str) -> dict:

@@ -13,7 +13,7 @@ from torch.func import functional_call
 from analysis.hessian import (flat, hessian_report, hutchinson_trace, hvp, lanczos, model_loss_terms,
                               slq_density, top_eigenvalues)
 from conftest import CONFIG_DIR, DATA_ROOT, compose_cfg
-from training.run import train
+from cli.compose import train
 
 F64 = dict(dtype=torch.float64)
 

@@ -12,8 +12,8 @@ from analysis.landscape import filter_normalized_direction, interpolation, lands
 from analysis.loading import fixed_batches, initial_model, load_checkpoint_model, mean_loss
 from conftest import CONFIG_DIR, DATA_ROOT, compose_cfg
 from models import ResNet
-from training.run import build_trainer, train
-from training.validate import ConfigError
+from cli.compose import build_trainer, train
+from utils.errors import ConfigError
 
 
 def compose_tool(name: str, *overrides: str):

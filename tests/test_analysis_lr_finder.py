@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from analysis.lr_finder import find_lr, lr_range_test, steepest
 from conftest import CONFIG_DIR, DATA_ROOT
 from optimizers import SGD
-from training.validate import ConfigError
+from utils.errors import ConfigError
 
 
 def least_squares():

@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from analysis.numerics import (format_table, gradients, log1p_errors, numerics_report, relative_spacing,
                                softmax_errors, tables, underflow_curve, variance_errors)
 from conftest import CONFIG_DIR, DATA_ROOT
-from training.validate import ConfigError
+from utils.errors import ConfigError
 
 
 def numerics_cfg(*overrides):

@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from analysis.quadratic import (LeastSquares, error_curve, measured_rate, quadratic_report, rates_over_kappa,
                                 sgd_curve, spread_quadratic, tuned)
 from conftest import CONFIG_DIR
-from training.validate import ConfigError
+from utils.errors import ConfigError
 
 
 def quadratic_cfg(*overrides):

@@ -4,12 +4,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from analysis import toy_functions
-from analysis.toy import selected_optimizers
-from analysis.toy_paths import optimize, paths_on, with_overrides
-from analysis.toy_plots import animate, plot_losses, plot_paths
+from analysis.toy import functions as toy_functions
+from analysis.toy.paths import optimize, paths_on, selected_optimizers, with_overrides
+from analysis.toy.plots import animate, plot_losses, plot_paths
 from conftest import CONFIG_DIR
-from training.validate import ConfigError
+from utils.errors import ConfigError
 
 
 def toy_cfg(*overrides: str):

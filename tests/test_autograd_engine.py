@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from analysis.autograd import autograd_report, example_expression, graph_layout
 from analysis.reverse_mode import Value, cross_entropy
 from conftest import CONFIG_DIR
-from training.validate import ConfigError
+from utils.errors import ConfigError
 
 LEAF_SHAPES = [(3, 4), (4,), (1, 4), (3, 1), (4, 2), ()]
 

@@ -5,8 +5,8 @@ import logging
 import pytest
 import torch
 
+from cli.compose import build_trainer
 from training import compiling
-from training.run import build_trainer
 
 pytestmark = pytest.mark.needs_data
 

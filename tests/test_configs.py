@@ -6,6 +6,7 @@ import torch
 from hydra.utils import instantiate
 
 import optimizers
+from cli.validate import validate
 from conftest import CONFIG_DIR, compose_cfg
 from models import MLP
 
@@ -15,12 +16,24 @@ def options(group):
 
 
 @pytest.mark.parametrize("name", options("optimizer"))
-def test_optimizer_configs_build_our_classes(name):
+def test_optimizer_configs_build_our_classes_and_take_a_step(name):
     cfg = compose_cfg(f"optimizer={name}")
+    torch.manual_seed(0)
     model = MLP(in_channels=1, image_size=4, num_classes=3)
     opt = optimizers.build(cfg.optimizer, model)
     assert type(opt).__module__.startswith("optimizers.")
-    assert cfg.optimizer._partial_
+    before = [p.detach().clone() for p in model.parameters()]
+    x, y = torch.randn(8, 1, 4, 4), torch.randint(0, 3, (8,))
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
 
 
 @pytest.mark.parametrize("name", options("scheduler"))
@@ -49,9 +62,12 @@ def test_mnist_data_config_builds_loaders():
 
 
 @pytest.mark.parametrize("name", options("experiment"))
-def test_experiments_compose(name):
+def test_experiments_compose_validate_and_build_their_model(name):
     cfg = compose_cfg(f"experiment={name}", tiny=False)
-    assert cfg.model._target_ and cfg.optimizer._target_
+    validate(cfg)
+    model = instantiate(cfg.model)
+    x = torch.zeros(2, cfg.data.in_channels, cfg.data.image_size, cfg.data.image_size)
+    assert model(x).shape == (2, cfg.data.num_classes)
 
 
 def test_resnet56_experiment_is_the_papers_recipe():

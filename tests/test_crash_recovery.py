@@ -14,9 +14,9 @@ import torch
 
 from conftest import DATA_ROOT, REPO
 from test_resume import assert_same, final_state, metrics
+from cli.compose import train
+from cli.errors import exit_cleanly, exit_on_user_error
 from training import checkpoint
-from training.errors import exit_cleanly, exit_on_user_error
-from training.run import train
 from utils.io import atomic_write
 
 # 16 steps per epoch, a checkpoint after every step: kills land in and between checkpoint writes.

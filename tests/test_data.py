@@ -53,18 +53,26 @@ def test_sample_spans_a_dataset_stored_class_by_class_and_is_not_augmented():
 
 
 def test_crop_and_flip_match_a_per_image_reference():
+    """Each augmented image is one of the 5 x 5 x 2 crops (padding 2) and flips of its source image, drawn anew per
+    image: both flips and several offsets occur in one batch."""
     loader = make_loader(n=32, crop_padding=2, flip=True)
     loader.set_epoch(0)
-    order, dy, dx, flip = loader._epoch_plan()
     x, y = next(iter(loader))
-    raw = loader.images[y]
-    padded = torch.nn.functional.pad(raw, (2, 2, 2, 2))
+    padded = torch.nn.functional.pad(loader.images[y], (2, 2, 2, 2))
+    drawn = []
     for i in range(len(y)):
-        crop = padded[i, :, dy[i]:dy[i] + 8, dx[i]:dx[i] + 8]
-        if flip[i]:
-            crop = crop.flip(-1)
-        torch.testing.assert_close(x[i], (crop.float() / 255 - 0.5) / 0.25)
-    assert flip[:16].any() and (~flip[:16]).any() and (dy[:16] != 2).any()
+        matches = [(dy, dx, flip) for dy in range(5) for dx in range(5) for flip in (False, True)
+                   if torch.allclose(x[i], reference_crop(padded[i], dy, dx, flip), atol=1e-5)]
+        assert len(matches) == 1, (i, matches)
+        drawn.append(matches[0])
+    flips = {flip for _, _, flip in drawn}
+    assert flips == {False, True} and len({(dy, dx) for dy, dx, _ in drawn}) > 5
+
+
+def reference_crop(padded: torch.Tensor, dy: int, dx: int, flip: bool) -> torch.Tensor:
+    """The crop at (dy, dx) of one zero-padded image, mirrored if ``flip``, normalised as make_loader's."""
+    crop = padded[:, dy:dy + 8, dx:dx + 8]
+    return ((crop.flip(-1) if flip else crop).float() / 255 - 0.5) / 0.25
 
 
 def test_shards_are_disjoint_slices_of_the_global_batch():
@@ -89,7 +97,7 @@ def test_subset_is_a_fixed_prefix_of_one_permutation():
     _, small = data.subset(x, y, 10)
     _, large = data.subset(x, y, 20)
     assert torch.equal(large[:10], small) and len(set(small.tolist())) == 10
-    with pytest.raises(ValueError, match="subset size 51"):
+    with pytest.raises(ValueError, match="subset size=51"):
         data.subset(x, y, 51)
 
 

@@ -17,10 +17,10 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from conftest import CONFIG_DIR, REPO, TINY, compose_cfg
+from cli.compose import build_trainer, train
 from fake_cuda import FakeCuda
 from data import sources
 from training import distributed
-from training.run import build_trainer, train
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 # No batch norm, no dropout: the per-rank slices then give exactly the global batch's gradient.

@@ -10,10 +10,10 @@ import torch
 from hydra.errors import HydraException
 
 from conftest import DATA_ROOT, REPO, compose_cfg, read_mnist_once
+from cli.compose import train
+from cli.errors import exit_on_user_error, one_line
+from cli.validate import validate
 from training import checkpoint
-from training.errors import exit_on_user_error, one_line
-from training.run import train
-from training.validate import validate
 
 BASE = ("trainer.device=cpu", "trainer.sanity=skip", "trainer.progress_bar=false", "logger=none", "optimizer=sgd",
         "scheduler=constant", "data.train_subset=256", "data.val_subset=128", "trainer.max_steps=2")

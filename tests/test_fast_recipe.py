@@ -5,8 +5,8 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 
 from conftest import CIFAR_FOLDER
+from cli.compose import build_trainer, train
 from models.airbench import AirbenchNet, ShiftBatchNorm
-from training.run import build_trainer, train
 
 
 def smooth_images(n: int = 256, size: int = 16) -> torch.Tensor:

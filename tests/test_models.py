@@ -4,7 +4,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from models import CNN, MLP, ResNet, init_weights
+from models import AirbenchNet, CNN, MLP, ResNet, init_weights
 
 PAPER_PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962}
 
@@ -53,9 +53,18 @@ def test_shortcut_pads_channels_and_subsamples():
     assert out[:, :8].abs().sum() == 0 and out[:, 24:].abs().sum() == 0 and out[:, 8:24].eq(1).all()
 
 
-def test_models_pickle():
-    for model in (ResNet(depth=20), MLP(in_channels=1, image_size=28, num_classes=10), CNN(in_channels=3, num_classes=10)):
-        pickle.loads(pickle.dumps(model))
+@pytest.mark.parametrize("make", [lambda: ResNet(depth=20), lambda: MLP(in_channels=1, image_size=28, num_classes=10),
+                                  lambda: CNN(in_channels=3, num_classes=10),
+                                  lambda: AirbenchNet(in_channels=3, num_classes=10, widths=[8, 16, 16])],
+                         ids=["resnet20", "mlp", "cnn", "airbench"])
+def test_models_pickle_to_the_same_function(make):
+    """DDP's spawn and checkpoint tooling pickle models: the copy computes exactly what the original does."""
+    torch.manual_seed(0)
+    model = make().eval()
+    channels, size = (1, 28) if isinstance(model, MLP) else (3, 32)
+    x = torch.randn(2, channels, size, size)
+    copy = pickle.loads(pickle.dumps(model))
+    assert torch.equal(copy(x), model(x))
 
 
 @pytest.mark.parametrize("scheme", ["kaiming_normal", "kaiming_uniform", "xavier_normal", "xavier_uniform", "orthogonal"])

@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from cli.compose import train
 from models import MLP
 from training.logger import RunLogger
 from training.monitor import HISTORY_FILE, GradientMonitor, read_history
-from training.run import train
-from training.validate import ConfigError
+from utils.errors import ConfigError
 from utils.syncs import SyncCounter
 
 from test_sanity import FAST, synthetic  # noqa: F401  (the fixture)

@@ -5,8 +5,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from cli.compose import build_trainer, train
 from training import checkpoint
-from training.run import build_trainer, train
 from training.step import train_step
 from training.trainer import DivergenceError
 

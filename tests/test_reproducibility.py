@@ -10,7 +10,7 @@ import torch
 from conftest import REPO
 from fake_cuda import FakeCuda
 from test_resume import assert_same, final_state, metrics
-from training.run import train
+from cli.compose import train
 from utils.seed import rng_state, seed_everything, set_rng_state
 
 RUNS = {
@@ -54,7 +54,7 @@ def test_deterministic_mode_is_set_both_ways():
 def test_cublas_workspace_is_configured_before_any_job_runs():
     """cuBLAS reads CUBLAS_WORKSPACE_CONFIG at its first use; a deterministic job later in an in-process sweep
     needs it set by then, so it is set when the engine is imported, not when a deterministic job starts."""
-    code = "import os, training.run; print(os.environ.get('CUBLAS_WORKSPACE_CONFIG'))"
+    code = "import os, training.trainer; print(os.environ.get('CUBLAS_WORKSPACE_CONFIG'))"
     env = {k: v for k, v in os.environ.items() if k != "CUBLAS_WORKSPACE_CONFIG"}
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == ":4096:8", done.stderr[-2000:]

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from conftest import read_mnist_once
+from cli.compose import build_trainer
 from training import checkpoint
-from training.run import build_trainer
 
 pytestmark = pytest.mark.needs_data
 

@@ -8,10 +8,10 @@ import torch
 import torch.nn as nn
 
 from conftest import CIFAR_FOLDER, DATA_ROOT, REPO
+from cli.compose import SanityError, build_trainer, run_sanity, sanity_check, train
 from data.sources import SOURCES
-from training.run import SanityError, build_trainer, run_sanity, sanity_check, train
 from training.sanity import check_data
-from training.validate import ConfigError
+from utils.errors import ConfigError
 
 # Fewer, smaller steps; no augmentation (the synthetic class templates are not translation-invariant).
 FAST = ("sanity.decrease_steps=20", "sanity.heldout_samples=256", "data.batch_size=32", "data.crop_padding=0",

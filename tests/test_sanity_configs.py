@@ -5,13 +5,14 @@ from pathlib import Path
 import pytest
 
 from conftest import CONFIG_DIR, DATA_ROOT, compose_cfg
-from training.run import build_trainer, sanity_check
+from cli.compose import build_trainer, sanity_check
 
 pytestmark = [pytest.mark.slow, pytest.mark.needs_data]
 
 CONV = {"cnn", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "airbench"}
 ELSEWHERE = {"data": {"cifar10": "torchvision's cifar-10-batches-py/ is not here (cifar10_folder is)",
-                      "fashion_mnist": "FashionMNIST/raw/ is not here"}}
+                      "fashion_mnist": "FashionMNIST/raw/ is not here"},
+             "model": {"resnet": "the base the resnet<depth> configs extend (model.depth is theirs to give)"}}
 
 
 def options(group: str) -> list[str]:

@@ -6,7 +6,7 @@ import pytest
 import torch.nn as nn
 
 from conftest import DATA_ROOT, REPO
-from training.run import build_trainer
+from cli.compose import build_trainer
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import throughput  # noqa: E402

@@ -5,8 +5,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from analysis import toy_functions
-from analysis.toy_paths import optimize, paths_on, with_overrides
+from analysis.toy import functions as toy_functions
+from analysis.toy.paths import optimize, paths_on, with_overrides
 from optimizers import DampedNewton
 from optimizers.newton import damped_newton_direction
 from test_analysis_toy import toy_cfg

@@ -5,8 +5,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from cli.compose import train
 from training import checkpoint
-from training.run import train
 
 pytestmark = pytest.mark.needs_data
 
@@ -59,7 +59,7 @@ def test_resume_after_one_epoch_equals_two_straight(cfg, tmp_path, overrides):
     straight = cfg("trainer.epochs=2", *overrides)
     train(straight, tmp_path / "straight")
     first = cfg("trainer.epochs=2", "trainer.keep_last_k=3", *overrides)
-    from training.run import build_trainer
+    from cli.compose import build_trainer
     trainer = build_trainer(first, tmp_path / "resumed")
     steps_per_epoch = len(trainer.data.train)
     trainer.fit(stop_after_steps=steps_per_epoch)
@@ -74,7 +74,7 @@ def test_resume_after_one_epoch_equals_two_straight(cfg, tmp_path, overrides):
 
 
 def test_mid_epoch_checkpoint_resumes_exactly(cfg, tmp_path):
-    from training.run import build_trainer
+    from cli.compose import build_trainer
     overrides = ("trainer.epochs=1", "trainer.checkpoint_every_n_steps=3", "data.crop_padding=2")
     train(cfg(*overrides), tmp_path / "straight")
     trainer = build_trainer(cfg(*overrides), tmp_path / "resumed")

@@ -13,9 +13,10 @@ from omegaconf import OmegaConf
 
 import optimizers
 from conftest import REPO, compose_cfg
-from training.errors import one_line
-from training.run import build_trainer
-from training.validate import ConfigError, check_output_dir, validate
+from cli.errors import one_line
+from cli.compose import build_trainer
+from cli.validate import check_output_dir, validate
+from utils.errors import ConfigError
 
 MODELS = ["mlp", "cnn"]  # ResNets take the same model keys; their size makes each example slow
 OPTIMIZERS = ["sgd", "momentum", "nesterov", "rmsprop", "adagrad", "adam", "adamw", "radam", "lookahead", "lbfgs"]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from utils.errors import UserError
 from utils.io import save_torch
 
 FORMAT_VERSION = 1
@@ -19,7 +20,7 @@ REQUIRED = ("model", "optimizer", "scheduler", "scaler", "epoch", "step_in_epoch
 MUST_MATCH = ("model._target_", "model.activation", "model.skip", "optimizer._target_", "optimizer.base._target_")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be used or written; the message says what is wrong and what to do."""
 
 

@@ -10,6 +10,7 @@ import torch
 from torch.nn.utils import clip_grad_norm_, clip_grad_value_, get_total_norm
 
 from training.options import CLIP_MODES as MODES
+from utils.errors import require
 
 
 @dataclass(frozen=True)
@@ -70,9 +71,6 @@ def _agc_(params: list[torch.Tensor], clip_factor: float, eps: float, device: to
 
 
 def _check(mode: str, max_value: float, agc_eps: float) -> None:
-    if mode not in MODES:
-        raise ValueError(f"clip mode={mode!r} is invalid: expected one of {MODES}")
-    if mode != "none" and not max_value > 0:
-        raise ValueError(f"clip max_value={max_value!r} is invalid for mode={mode!r}: expected a value > 0")
-    if mode == "agc" and not agc_eps > 0:
-        raise ValueError(f"agc_eps={agc_eps!r} is invalid: expected a value > 0")
+    require(mode in MODES, "clip mode", mode, f"one of {', '.join(MODES)}")
+    require(mode == "none" or max_value > 0, "clip max_value", max_value, f"a value > 0 with mode={mode!r}")
+    require(mode != "agc" or agc_eps > 0, "agc_eps", agc_eps, "a value > 0")

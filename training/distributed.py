@@ -23,13 +23,14 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from utils.device import resolve_device
+from utils.errors import ConfigError, UserError
 
 TORCHRUN_VAR = "TORCHELASTIC_RUN_ID"  # set by torchrun in every worker it starts
 MULTIRUN_ARGS = ("-m", "--multirun", "hydra.mode=MULTIRUN")
 NON_MAIN_HYDRA_ARGS = ("hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=none")
 
 
-class LaunchError(ValueError):
+class LaunchError(UserError):
     """A way of starting processes that cannot work; the message says what to run instead."""
 
 
@@ -164,7 +165,7 @@ def wrap_model(model: nn.Module, env: DistEnv, device: torch.device) -> nn.Modul
         return model
     if getattr(model, "sync_bn", False):
         if device.type != "cuda":
-            raise ValueError("model.sync_bn=true needs CUDA: torch's SyncBatchNorm does not run on the CPU "
+            raise ConfigError("model.sync_bn=true needs CUDA: torch's SyncBatchNorm does not run on the CPU "
                               "(gloo); set model.sync_bn=false")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -203,11 +204,6 @@ def broadcast_object(obj, env: DistEnv):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-def barrier(env: DistEnv) -> None:
-    if env.enabled:
-        dist.barrier()
 
 
 def shutdown(env: DistEnv) -> None:

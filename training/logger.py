@@ -11,6 +11,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
+from utils.errors import require
 from utils.io import atomic_write, save_json
 
 
@@ -36,8 +37,7 @@ LAYOUT = {
 class RunLogger:
     def __init__(self, run_dir: str | Path, *, enabled: bool = True, tensorboard: bool = True,
                  log_every_n_steps: int = 10, histograms: bool = True, flush_secs: int = 30):
-        if log_every_n_steps < 1:
-            raise ValueError(f"logger.log_every_n_steps={log_every_n_steps}: must be >= 1")
+        require(log_every_n_steps >= 1, "logger.log_every_n_steps", log_every_n_steps, "an integer >= 1")
         self.run_dir = Path(run_dir)
         self.enabled, self.log_every_n_steps, self.histograms = enabled, log_every_n_steps, histograms
         self.tensorboard, self.flush_secs = tensorboard, flush_secs
@@ -61,10 +61,6 @@ class RunLogger:
     def histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
         if self.writer and self.histograms:
             self.writer.add_histogram(tag, values.detach().float().cpu(), step)
-
-    def figure(self, tag: str, figure, step: int) -> None:
-        if self.writer:
-            self.writer.add_figure(tag, figure, step)
 
     def epoch(self, record: dict) -> None:
         if self.enabled:

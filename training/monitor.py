@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from training.logger import RunLogger
-from training.validate import ConfigError
+from utils.errors import require
 
 log = logging.getLogger(__name__)
 
@@ -171,5 +171,4 @@ class GradientMonitor:
 
 
 def _require(ok: bool, key: str, value, allowed: str) -> None:
-    if not ok:
-        raise ConfigError(f"monitor.{key}={value!r} is invalid: allowed {allowed}")
+    require(ok, f"monitor.{key}", value, allowed)

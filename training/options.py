@@ -1,12 +1,15 @@
-"""What the Trainer is told: the ``trainer`` config keys its loop reads, each with its rule (utils/rules.py),
-checked when the options are made and reused by the config validator. Free of torch, so a config can be
-checked before the training stack loads."""
-from dataclasses import dataclass
+"""What the engine is told: the ``trainer`` keys the Trainer's loop reads and the ``sanity`` group, each value
+with its rule (utils/rules.py), checked when the options are made and reused by the config validator. Free of
+torch, so a config can be checked before the training stack loads."""
+from dataclasses import dataclass, fields
 
-from utils.rules import BOOL, check_fields, integer, number, one_of, option
+from utils.errors import require
+from utils.rules import BOOL, Rule, check_fields, integer, number, one_of, option
 
+PRECISIONS = ("fp32", "bf16", "fp16")  # training/precision.py
 CLIP_MODES = ("none", "norm", "value", "agc")  # training/clipping.py says what each does
 TTA_MODES = ("none", "flip", "flip_translate")  # training/tta.py
+CHECKS = ("data", "init_loss", "overfit", "gradient_flow", "loss_decrease")  # training/sanity.py
 
 
 @dataclass(frozen=True)
@@ -27,3 +30,33 @@ class TrainerOptions:
 
     def __post_init__(self):
         check_fields(self, "trainer")
+
+
+@dataclass(frozen=True)
+class SanityOptions:
+    """The ``sanity`` config group; see configs/sanity/default.yaml for what each value means."""
+    checks: tuple[str, ...] = option(CHECKS, Rule(lambda v: isinstance(v, (list, tuple)) and set(v) <= set(CHECKS),
+                                                  f"a list drawn from {list(CHECKS)}"))
+    data_mean_tol: float = option(0.5, number(0, lo_open=True))
+    data_std_tol: float = option(0.5, number(0, lo_open=True))
+    init_loss_factor: float = option(6.0, number(1, lo_open=True))
+    overfit_samples: int = option(16, integer(1))
+    overfit_acc: float = option(0.95, number(0, 1, lo_open=True))
+    overfit_steps: int = option(100, integer(1))
+    overfit_loss_ratio: float = option(0.5, number(0, 1, lo_open=True))
+    grad_explode_above: float = option(1e3, number(0, lo_open=True))
+    grad_max_ratio: float = option(1e5, number(0, lo_open=True))
+    decrease_steps: int = option(30, integer(1))
+    decrease_min: float = option(0.05, number(0, 1, lo_open=True))
+    heldout_samples: int = option(512, integer(1))
+
+    def __post_init__(self):
+        check_fields(self, "sanity")
+        object.__setattr__(self, "checks", tuple(self.checks))
+
+    @classmethod
+    def parse(cls, options: dict) -> "SanityOptions":
+        known = [f.name for f in fields(cls)]
+        for key, value in options.items():
+            require(key in known, f"sanity.{key}", value, f"only the keys {', '.join(known)}")
+        return cls(**options)

@@ -12,12 +12,12 @@ from contextlib import nullcontext
 
 import torch
 
+from training.options import PRECISIONS
 from utils.device import BF16_FLAGS, cpu_bf16_instructions
 from utils.errors import require
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "bf16", "fp16")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -54,10 +54,8 @@ def resolve_precision(name: str, device: torch.device, closure_optimizer: bool =
 class Precision:
     def __init__(self, mode: str, device: torch.device, loss_scale: float | None = None,
                  growth_interval: int = 2000):
-        if mode not in PRECISIONS:
-            raise ValueError(f"trainer.precision={mode!r} is unknown; allowed: auto, {', '.join(PRECISIONS)}")
-        if loss_scale is not None and loss_scale <= 0:
-            raise ValueError(f"trainer.loss_scale={loss_scale}: must be > 0 or null (dynamic)")
+        require(mode in PRECISIONS, "trainer.precision", mode, f"one of auto, {', '.join(PRECISIONS)}")
+        require(loss_scale is None or loss_scale > 0, "trainer.loss_scale", loss_scale, "a number > 0 or null (dynamic)")
         self.mode, self.device, self.static_scale = mode, device, loss_scale
         self.scaler = torch.amp.GradScaler(device.type, enabled=mode == "fp16",
                                            init_scale=loss_scale or 2.0 ** 16, growth_interval=growth_interval)

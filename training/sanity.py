@@ -28,7 +28,7 @@ import itertools
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -36,11 +36,10 @@ import torch.nn as nn
 from data import ImageData, batches_forever
 
 from training.monitor import parameter_layers
+from training.options import SanityOptions
 from training.precision import Precision
 from training.step import GradientClip, LossFn, closure_step, needs_closure, train_step
-from training.validate import ConfigError
 
-CHECKS = ("data", "init_loss", "overfit", "gradient_flow", "loss_decrease")
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -81,45 +80,6 @@ class SanityReport:
         if self.passed:
             return f"all {len(self.results)} checks passed"
         return "; ".join(f"{r.name}: {r.message}" for r in self.failed)
-
-
-@dataclass(frozen=True)
-class SanityOptions:
-    """The ``sanity`` config group; see configs/sanity/default.yaml for what each value means."""
-    checks: tuple[str, ...] = CHECKS
-    data_mean_tol: float = 0.5
-    data_std_tol: float = 0.5
-    init_loss_factor: float = 6.0
-    overfit_samples: int = 16
-    overfit_acc: float = 0.95
-    overfit_steps: int = 100
-    overfit_loss_ratio: float = 0.5
-    grad_explode_above: float = 1e3
-    grad_max_ratio: float = 1e5
-    decrease_steps: int = 30
-    decrease_min: float = 0.05
-    heldout_samples: int = 512
-
-    def __post_init__(self):
-        object.__setattr__(self, "checks", tuple(self.checks))
-        _require(set(self.checks) <= set(CHECKS), "checks", list(self.checks), f"a list drawn from {list(CHECKS)}")
-        for key in ("data_mean_tol", "data_std_tol", "grad_explode_above", "grad_max_ratio"):
-            _require(_number(getattr(self, key)) and getattr(self, key) > 0, key, getattr(self, key), "a number > 0")
-        _require(_number(self.init_loss_factor) and self.init_loss_factor > 1, "init_loss_factor",
-                 self.init_loss_factor, "a number > 1")
-        for key in ("overfit_acc", "overfit_loss_ratio", "decrease_min"):
-            _require(_number(getattr(self, key)) and 0 < getattr(self, key) <= 1, key, getattr(self, key),
-                     "a number in (0, 1]")
-        for key in ("overfit_samples", "overfit_steps", "decrease_steps", "heldout_samples"):
-            _require(isinstance(getattr(self, key), int) and getattr(self, key) >= 1, key, getattr(self, key),
-                     "an integer >= 1")
-
-    @classmethod
-    def parse(cls, options: dict) -> "SanityOptions":
-        known = [f.name for f in fields(cls)]
-        for key, value in options.items():
-            _require(key in known, key, value, f"only the keys {', '.join(known)}")
-        return cls(**options)
 
 
 @dataclass(frozen=True)
@@ -397,12 +357,3 @@ def _align(rows: list[tuple[str, ...]]) -> str:
 
 def _fmt(v) -> str:
     return str(v) if isinstance(v, int) else f"{v:.4g}"
-
-
-def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _require(ok: bool, key: str, value, allowed: str) -> None:
-    if not ok:
-        raise ConfigError(f"sanity.{key}={value!r} is invalid: allowed {allowed}")

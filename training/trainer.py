@@ -29,12 +29,13 @@ from training.precision import Precision
 from training.signals import Interrupted, stop_signals_to
 from training.step import GradientClip, StepResult, closure_step, needs_closure, train_step
 from training.tta import test_time_logits
+from utils.errors import UserError
 from utils.seed import rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
 
-class DivergenceError(RuntimeError):
+class DivergenceError(UserError, RuntimeError):
     """The loss became non-finite; the last good checkpoint is left as it was."""
 
 
@@ -68,10 +69,6 @@ class Trainer:
         self.stopwatch = Stopwatch(device=self.device)
         self.totals, self.pending = EpochTotals(self.device), PendingSteps()
         self.stop_signal: int | None = None
-
-    @property
-    def train_seconds(self) -> float:
-        return self.stopwatch.total
 
     # ----------------------------------------------------------------------------------------- the loop
     def fit(self, stop_after_steps: int | None = None) -> dict:
@@ -261,8 +258,8 @@ class Trainer:
     def summary(self, finished: bool) -> dict:
         return {"params": sum(p.numel() for p in self.model.parameters()), "best_val_acc": self.best_val_acc,
                 "final_val_acc": self.final_val_acc, "epochs": self.epoch,
-                "global_step": self.global_step, "finished": finished, "wall_time": self.train_seconds,
-                "train_images_per_sec": self.train_images / self.train_seconds if self.train_seconds else None}
+                "global_step": self.global_step, "finished": finished, "wall_time": self.stopwatch.total,
+                "train_images_per_sec": self.train_images / self.stopwatch.total if self.stopwatch.total else None}
 
     # ------------------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:

@@ -4,6 +4,8 @@ from pathlib import Path
 
 import torch
 
+from utils.errors import ConfigError
+
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when present, else the CPU; ``cuda`` without a GPU, or ``cuda:N`` past the visible
@@ -14,11 +16,11 @@ def resolve_device(name: str) -> torch.device:
     if device.type != "cuda":
         return device
     if not torch.cuda.is_available():
-        raise ValueError(f"trainer.device={name}: no CUDA device is available (use auto or cpu)")
+        raise ConfigError(f"trainer.device={name}: no CUDA device is available (use auto or cpu)")
     count = torch.cuda.device_count()
     if device.index is not None and device.index >= count:
-        raise ValueError(f"trainer.device={name}: this process sees {count} GPU(s), allowed cuda:0 to "
-                         f"cuda:{count - 1} (or cuda, auto, cpu)")
+        raise ConfigError(f"trainer.device={name}: this process sees {count} GPU(s), allowed cuda:0 to "
+                          f"cuda:{count - 1} (or cuda, auto, cpu)")
     return device
 
 

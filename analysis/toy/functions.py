@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from analysis.checks import require
+from utils.errors import require
 
 
 @dataclass(frozen=True)

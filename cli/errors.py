@@ -1,9 +1,10 @@
-"""User errors become one line on stderr and a non-zero exit, never a traceback.
+"""User errors become one line on stderr and an exit code, never a traceback.
 
-Exit codes: 2 a user error, 1 a failed sanity check, 128+signal after SIGINT/SIGTERM.
-``exit_on_user_error`` guards the work (inside Hydra's job); ``exit_cleanly`` guards Hydra itself in
-train.py: its composition errors (an unknown group option, an unknown key, an unparsable override),
-a run directory it cannot create, and a signal that arrives outside training.
+Exit codes: a ``UserError``'s own (2; 1 for a failed sanity check), 2 for Hydra's and OmegaConf's composition
+errors and for files that cannot be read or written, 128+signal after SIGINT/SIGTERM. Anything else is a bug
+and keeps its traceback. ``exit_on_user_error`` guards the work (inside Hydra's job); ``exit_cleanly`` guards
+Hydra itself: its composition errors (an unknown group option, an unknown key, an unparsable override), a run
+directory it cannot create, and a signal that arrives outside training.
 """
 import logging
 import signal
@@ -14,10 +15,13 @@ from itertools import takewhile
 from hydra.errors import HydraException, InstantiationException, MissingConfigException, OverrideParseException
 from omegaconf.errors import OmegaConfBaseException
 
+from training.signals import Interrupted
+from utils.errors import UserError
+
 log = logging.getLogger(__name__)
 
-# ValueError covers ConfigError and the constructors' own checks; OSError a missing dataset or an unwritable file.
-CONFIG_ERRORS = (ValueError, OSError, HydraException, OmegaConfBaseException)
+# OSError: a missing dataset (DatasetNotFoundError is also a UserError) or a file that cannot be read or written.
+USER_ERRORS = (UserError, OSError, HydraException, OmegaConfBaseException)
 _STOP_AT = ("See https://", "Config search path", "full_key:", "object_type=", "reference_type=")
 
 
@@ -37,7 +41,7 @@ def one_line(error: BaseException) -> str:
     if isinstance(error, MissingConfigException) and error.options and "/" in (error.missing_cfg_file or ""):
         group, option = error.missing_cfg_file.rsplit("/", 1)
         return f"{group}={option!r} is not an option of config group {group}: allowed {', '.join(error.options)}"
-    if isinstance(error, OSError) and error.filename is not None:
+    if isinstance(error, OSError) and not isinstance(error, UserError) and error.filename is not None:
         return f"{error.strerror or type(error).__name__}: {error.filename}"
     lines = [line for line in map(str.strip, str(error).splitlines()) if line]
     if not isinstance(error, HydraException):
@@ -50,6 +54,11 @@ def one_line(error: BaseException) -> str:
     return " ".join(lines) or type(error).__name__
 
 
+def exit_code(error: BaseException) -> int:
+    cause = error.__cause__ if isinstance(error, InstantiationException) else error
+    return getattr(cause, "exit_code", UserError.exit_code)
+
+
 def _exit(code: int, message: str):
     print(message, file=sys.stderr)
     sys.exit(code)
@@ -57,24 +66,14 @@ def _exit(code: int, message: str):
 
 @contextmanager
 def exit_on_user_error():
-    """Exit 2 on a user error, 1 on a failed sanity check, 128+signal after SIGINT/SIGTERM."""
+    """A user error: one line, its exit code; SIGINT/SIGTERM during training: 128+signal."""
     try:
         yield
-    except CONFIG_ERRORS as e:
-        _exit(2, f"error: {one_line(e)}")
-    except Exception as e:
-        # Raised only by the training modules, so they are loaded by now (a config error needs none of them)
-        from training.checkpoint import CheckpointError
-        from training.run import SanityError
-        from training.trainer import DivergenceError, Interrupted
-        if isinstance(e, Interrupted):
-            log.warning(str(e))
-            _exit(128 + e.signum, str(e))
-        if isinstance(e, SanityError):
-            _exit(1, f"error: {e}")
-        if isinstance(e, (CheckpointError, DivergenceError)):
-            _exit(2, f"error: {one_line(e)}")
-        raise
+    except USER_ERRORS as e:
+        _exit(exit_code(e), f"error: {one_line(e)}")
+    except Interrupted as e:
+        log.warning(str(e))
+        _exit(128 + e.signum, str(e))
 
 
 @contextmanager
@@ -87,8 +86,8 @@ def exit_cleanly():
         yield
     except Stopped as e:
         _exit(128 + e.signum, str(e))
-    except (HydraException, OmegaConfBaseException, ValueError) as e:
-        _exit(2, f"error: {one_line(e)}")
+    except (UserError, HydraException, OmegaConfBaseException) as e:
+        _exit(exit_code(e), f"error: {one_line(e)}")
     except OSError as e:  # Hydra creates the run directory, writes .hydra/ and train.log there (the job's own
         # errors were handled inside it, by exit_on_user_error)
         _exit(2, f"error: cannot write the run directory ({one_line(e)}): set hydra.run.dir=<a writable folder>")

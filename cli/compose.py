@@ -1,16 +1,15 @@
 """Composition: a composed config in, a trained model's summary out.
 
 ``train(cfg)`` is what ``train.py`` calls under Hydra, and what tests call with a config composed by
-``hydra.compose``. ``build_trainer`` reads the config and calls one small builder per part (runtime, model,
-optimization, data), each taking plain arguments. Order matters: validate the config, build model and
-optimizer (their constructors check their arguments), and only then load data.
+``hydra.compose``. ``build_trainer`` is the only place that reads the config: it validates it, then calls
+training/build.py's builders (runtime, model, data, schedule) with plain arguments. Order matters: validate the
+config, build model and optimizer (their constructors check their arguments), and only then load data.
 """
 import logging
 import sys
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -18,68 +17,23 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import optimizers
-from data import ImageData
-from models import has_conv
+from cli.validate import check_known_keys, validate
 from training import checkpoint, distributed
+from training.build import build_data, build_model, build_runtime, build_schedule
 from training.options import TrainerOptions
-from training.precision import Precision, resolve_precision
 from training.sanity import Recipe, SanityReport, run_checks
-from training.step import GradientClip
-from training.trainer import Runtime, Trainer
-from training.validate import validate
-from utils.device import set_tf32
+from training.step import GradientClip, needs_closure
+from training.trainer import Trainer
+from utils.errors import UserError
 from utils.seed import seed_everything
 
 log = logging.getLogger(__name__)
 
 
-class SanityError(RuntimeError):
+class SanityError(UserError):
     """A pre-flight check failed with trainer.sanity=run."""
 
-
-def build_runtime(device: str, precision: str, loss_scale: float | None, run_dir: str | Path, *,
-                  closure_optimizer: bool = False, tf32: bool = True) -> Runtime:
-    """Join the process group (under torchrun), bind this process's device, resolve ``precision=auto`` (for a
-    closure optimizer too: it has no loss scaling), set the GPU's fp32 math policy (TF32 or IEEE)."""
-    env, bound = distributed.setup(device)
-    run_dir = distributed.main_run_dir(run_dir, env)
-    distributed.quiet_other_ranks(env)
-    if bound.type == "cuda":
-        log.info(set_tf32(tf32))
-    mode = resolve_precision(precision, bound, closure_optimizer)
-    return Runtime(bound, Precision(mode, bound, loss_scale), run_dir, env)
-
-
-def build_model(model: nn.Module, runtime: Runtime, channels_last: bool | str) -> torch.memory_format:
-    """Move ``model`` to the run's device in its memory format (``auto``: NHWC for conv nets); the format."""
-    memory_format = torch.channels_last if _channels_last(channels_last, model) else torch.contiguous_format
-    if runtime.precision.mode == "fp16" and runtime.device.type == "cpu" and has_conv(model):
-        log.warning("fp16 on the CPU: torch's fp16 convolution backward is a reference kernel (~100x slower "
-                    "than bf16 here); prefer trainer.precision=bf16 on the CPU")
-    model.to(runtime.device).to(memory_format=memory_format)
-    return memory_format
-
-
-def build_data(make_data, runtime: Runtime, memory_format: torch.memory_format, model: nn.Module) -> ImageData:
-    """The loaders from ``make_data(**placement)``, already sharded over the ranks and on the run's device;
-    a model with a data-dependent init (models.AirbenchNet's whitening layer) gets it here."""
-    data = make_data(rank=runtime.dist.rank, world_size=runtime.dist.world_size, device=runtime.device,
-                     memory_format=memory_format)
-    if hasattr(model, "init_from_data"):
-        model.init_from_data(data.train.images, data.mean, data.std)
-    return data
-
-
-def build_schedule(make_schedule, optimizer: torch.optim.Optimizer, data: ImageData, *, epochs: int,
-                   max_steps: int | None, full_batch: bool):
-    """The per-step LR schedule over the run's length: ``epochs`` x steps per epoch, capped by ``max_steps``."""
-    steps_per_epoch = 1 if full_batch else len(data.train)
-    if steps_per_epoch == 0:
-        raise ValueError(f"data.batch_size={data.train.batch_size} x {data.train.world_size} process(es) exceeds "
-                         f"the {data.train.num_examples} training examples: lower the batch size or enlarge "
-                         f"train_subset")
-    total_steps = min(epochs * steps_per_epoch, max_steps or sys.maxsize)
-    return make_schedule(optimizer, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+    exit_code = 1
 
 
 def trainer_options(t: DictConfig, progress_bar: bool) -> TrainerOptions:
@@ -92,6 +46,7 @@ def trainer_options(t: DictConfig, progress_bar: bool) -> TrainerOptions:
 
 def build_trainer(cfg: DictConfig, run_dir: str | Path) -> Trainer:
     validate(cfg, run_dir)  # and create the run directory, or say why it cannot be written
+    check_known_keys(cfg, "data")
     t = cfg.trainer
     closure = getattr(get_class(cfg.optimizer._target_), "requires_closure", False)  # L-BFGS
     runtime = build_runtime(t.device, t.precision, t.loss_scale, run_dir, closure_optimizer=closure, tf32=t.tf32)
@@ -101,7 +56,7 @@ def build_trainer(cfg: DictConfig, run_dir: str | Path) -> Trainer:
     memory_format = build_model(model, runtime, t.channels_last)
     optimizer = optimizers.build(cfg.optimizer, model)
     data = build_data(instantiate(cfg.data, _partial_=True), runtime, memory_format, model)
-    full_batch = getattr(optimizer, "requires_closure", False) and t.closure == "full_batch"
+    full_batch = needs_closure(optimizer) and t.closure == "full_batch"
     scheduler = build_schedule(instantiate(cfg.scheduler), optimizer, data, epochs=t.epochs, max_steps=t.max_steps,
                                full_batch=full_batch)
     env = runtime.dist
@@ -159,10 +114,6 @@ def resume_path(resume: str | None, run_dir: Path) -> Path | None:
     if resume == "auto":
         return checkpoint.find_last(run_dir / "checkpoints")
     return Path(resume)
-
-
-def _channels_last(setting, model) -> bool:
-    return has_conv(model) if setting == "auto" else bool(setting)
 
 
 def hparams(cfg: DictConfig) -> dict:

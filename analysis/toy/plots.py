@@ -7,8 +7,8 @@ from matplotlib.animation import FuncAnimation, PillowWriter
 from matplotlib.colors import LogNorm
 
 from analysis.figures import plt
-from analysis.toy_functions import ToyFunction
-from analysis.toy_paths import Trajectory
+from analysis.toy.functions import ToyFunction
+from analysis.toy.paths import Trajectory
 
 FLOOR = 1e-12  # f - f_min is drawn on log scales; values below this are shown as this
 

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 import torch
 from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 
-from analysis.checks import require
-from analysis.toy_functions import ToyFunction
+from analysis.toy.functions import ToyFunction
+from utils.errors import require
 
 ESCAPE = 1e6  # |w| beyond this counts as diverged
 
@@ -86,3 +87,12 @@ def paths_on(fn: ToyFunction, optimizers: dict[str, dict], lrs: dict[str, float]
         require(name in lrs, f"setups.{fn.name}.lr.{name}", None, "a learning rate for every optimizer run")
     return [optimize(fn, with_overrides(cfg, {**common, "lr": lrs[name]}), start, steps, name)
             for name, cfg in optimizers.items()]
+
+
+def selected_optimizers(cfg: DictConfig) -> dict[str, dict]:
+    """The ``optimizers.<name>`` configs named in ``only`` (all of them when ``only`` is null)."""
+    every = OmegaConf.to_container(cfg.optimizers, resolve=True)
+    names = list(every) if cfg.only is None else list(cfg.only)
+    for name in names:
+        require(name in every, "only", name, "names among " + ", ".join(every))
+    return {name: every[name] for name in names}

@@ -1,0 +1,55 @@
+"""The one entry helper: every command (``train.py``, ``sanity_check.py``, ``python -m analysis.<tool>``) is
+
+    @command("lr_finder")                      # configs/lr_finder.yaml; the config is validated first
+    def main(cfg: DictConfig) -> None: ...
+
+    if __name__ == "__main__":
+        run(main)
+
+``command`` runs the task inside Hydra's job with user errors as one line and an exit code (cli/errors.py);
+``run`` makes Hydra raise its own errors (an unknown option, an unparsable override) so they get the same
+treatment, and under torchrun gives ranks other than 0 no Hydra output (training/distributed.py).
+"""
+import functools
+import os
+import sys
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Callable
+
+import hydra
+from omegaconf import DictConfig
+
+from cli.errors import exit_cleanly, exit_on_user_error
+from cli.validate import validate
+from training.distributed import hydra_argv
+
+CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
+
+
+def command(config_name: str, *, validate_config: bool = True,
+            around: Callable[[], AbstractContextManager] = nullcontext) -> Callable:
+    """Decorate ``task(cfg)`` into a Hydra main for configs/<config_name>.yaml; ``around()`` is entered inside the
+    job, around validation and the task (train.py's: cli/report.py's record of how the job ended)."""
+    def decorate(task: Callable[[DictConfig], object]) -> Callable:
+        @hydra.main(version_base="1.3", config_path=CONFIGS, config_name=config_name)
+        @functools.wraps(task)
+        def main(cfg: DictConfig):
+            with exit_on_user_error(), around():
+                if validate_config:
+                    validate(cfg)
+                return task(cfg)
+        return main
+    return decorate
+
+
+def run(main: Callable[[], object]) -> None:
+    """Start a ``command``: Hydra's errors in one line (exit 2), SIGINT/SIGTERM outside the job exit 128+signal;
+    the job (and its log file) named after the script, as Hydra names a main defined there."""
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors instead of printing them: one line instead
+    with exit_cleanly():
+        argv = hydra_argv(sys.argv)  # under torchrun: Hydra writes for rank 0 only; no sweeps
+        script = Path(argv[0])
+        name = script.parent.name if script.stem == "__main__" else script.stem  # python -m analysis.toy: toy
+        sys.argv = [argv[0], f"hydra.job.name={name}", *argv[1:]]
+        main()

@@ -1,0 +1,153 @@
+"""Config validation, once, before anything is built or loaded.
+
+Each rule names a key, a predicate and what is allowed; the first failure raises ConfigError with one
+line: ``trainer.precision='fp8' is invalid: allowed one of auto, fp32, bf16, fp16``. Optimizer rules
+hold for ``optimizer.<key>`` and for a wrapped optimizer's ``optimizer.base.<key>`` (Lookahead). What
+depends on the dataset's size (a warmup or milestone against the run's length in steps) is checked by
+the schedule's constructor, which names the value the same way; so are model names (activation, init).
+"""
+import inspect
+import re
+import tempfile
+from pathlib import Path
+
+from hydra.utils import get_method
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from optimizers.base import HYPERPARAMETERS
+from training.options import PRECISIONS, SanityOptions, TrainerOptions
+from utils.errors import ConfigError
+from utils.rules import BOOL, BOOL_OR_AUTO, Rule, integer, list_of, number, one_of, rules_of
+
+_MISSING = object()
+_DEVICE = Rule(lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None,
+               "auto, cpu, cuda or cuda:N")
+_RESUME = Rule(lambda v: v is None or v == "auto" or (isinstance(v, str) and Path(v).is_file()),
+               "null, auto, or the path of an existing checkpoint file")
+
+# The trainer's options state their own rules (training/options.py), the optimizers theirs (optimizers/base.py),
+# the sanity checks theirs (training/sanity.py); the keys below are read by the command line and the builders.
+RULES: dict[str, Rule] = {
+    **rules_of(TrainerOptions, "trainer"),
+    "trainer.seed": integer(0, 2**63 - 1),
+    "trainer.deterministic": BOOL,
+    "trainer.device": _DEVICE,
+    "trainer.precision": one_of("auto", *PRECISIONS),
+    "trainer.tf32": BOOL,
+    "trainer.loss_scale": number(0, lo_open=True, nullable=True),
+    "trainer.channels_last": BOOL_OR_AUTO,
+    "trainer.sanity": one_of("run", "warn", "skip"),
+    "trainer.resume": _RESUME,
+    "trainer.progress_bar": BOOL_OR_AUTO,  # resolved to true or false for TrainerOptions
+    "data.batch_size": integer(1),
+    "data.eval_batch_size": integer(1),
+    "data.train_subset": integer(1, nullable=True),
+    "data.val_subset": integer(1, nullable=True),
+    "data.crop_padding": integer(0),
+    "data.flip": BOOL,
+    "data.download": BOOL,
+    "data.num_classes": integer(1),
+    "data.in_channels": integer(1),
+    "data.image_size": integer(1),
+    "model.hidden_sizes": list_of(integer(1)),
+    "model.channels": list_of(integer(1)),
+    "model.width": integer(1),
+    "model.depth": integer(8),
+    "model.dropout": number(0, 1, hi_open=True),
+    "model.batch_norm": BOOL,
+    "model.skip": BOOL,
+    "model.sync_bn": BOOL,
+    "scheduler.warmup_steps": integer(0),
+    "scheduler.warmup_epochs": number(0),
+    "scheduler.warmup_start_factor": number(0, 1),
+    "scheduler.warmup_mode": one_of("linear", "constant"),
+    "scheduler.gamma": number(0, 1, lo_open=True),
+    "scheduler.step_size_epochs": number(0),
+    "scheduler.step_size_steps": integer(0),
+    "scheduler.milestones": list_of(number(0)),
+    "scheduler.milestones_unit": one_of("epoch", "step"),
+    "scheduler.min_lr": number(0),
+    "scheduler.power": number(0, lo_open=True),
+    "scheduler.pct_start": number(0, 1, lo_open=True, hi_open=True),
+    "scheduler.div_factor": number(0, lo_open=True),
+    "scheduler.final_div_factor": number(0, lo_open=True),
+    "scheduler.anneal_strategy": one_of("cos", "linear"),
+    "logger.log_every_n_steps": integer(1),
+    "logger.tensorboard": BOOL,
+    "logger.histograms": BOOL,
+    "logger.flush_secs": number(0, lo_open=True),
+    **rules_of(SanityOptions, "sanity"),
+}
+
+def validate(cfg: DictConfig, run_dir: str | Path | None = None) -> None:
+    """Raise ConfigError for the first value that breaks a rule (keys a config lacks are not checked);
+    with ``run_dir``, also create it and check that it is writable."""
+    rules = dict(RULES)
+    for prefix in ("optimizer", "optimizer.base"):
+        rules.update({f"{prefix}.{key}": rule for key, rule in HYPERPARAMETERS.items()})
+    for key, (ok, allowed) in rules.items():
+        value = _value(cfg, key)
+        if value is not _MISSING and not ok(value):
+            raise ConfigError(f"{key}={_show(value)} is invalid: allowed {allowed}")
+    _check_combinations(cfg)
+    if run_dir is not None:
+        check_output_dir(run_dir)
+
+
+def _value(cfg: DictConfig, key: str):
+    try:
+        value = OmegaConf.select(cfg, key, default=_MISSING, throw_on_missing=True)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{key} is invalid ({str(e).splitlines()[0]}): allowed a value, "
+                          f"or an interpolation ${{...}} of a key that exists") from None
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def _show(value) -> str:
+    return repr(value)[:80]
+
+
+def _check_combinations(cfg: DictConfig) -> None:
+    """Rules between keys: each message names both."""
+    t = cfg.trainer
+    if t.loss_scale is not None and t.precision != "fp16":
+        raise ConfigError(f"trainer.loss_scale={t.loss_scale!r} is invalid with trainer.precision={t.precision!r}: "
+                          f"allowed only with fp16 (bf16 and fp32 need no loss scaling)")
+    for prefix in ("optimizer", "optimizer.base"):
+        momentum, dampening = _value(cfg, f"{prefix}.momentum"), _value(cfg, f"{prefix}.dampening")
+        if _value(cfg, f"{prefix}.nesterov") is True and (momentum in (0, _MISSING) or dampening not in (0, _MISSING)):
+            raise ConfigError(f"{prefix}.nesterov=True is invalid with {prefix}.momentum={momentum!r} and "
+                              f"{prefix}.dampening={dampening!r}: allowed only with momentum > 0 and dampening 0")
+    lr = next((v for v in (_value(cfg, "optimizer.lr"), _value(cfg, "optimizer.base.lr")) if v is not _MISSING), None)
+    min_lr = _value(cfg, "scheduler.min_lr")
+    if lr is not None and min_lr is not _MISSING and min_lr > lr:
+        raise ConfigError(f"scheduler.min_lr={min_lr!r} is invalid with the optimizer's lr={lr!r}: "
+                          f"allowed a number in [0, {lr}]")
+    root, download = _value(cfg, "data.root"), _value(cfg, "data.download")
+    if isinstance(root, str) and download is False and not Path(root).is_dir():
+        raise ConfigError(f"data.root={root!r} is invalid: no such folder ({Path(root).resolve()}); allowed a folder "
+                          f"holding the dataset: set data.root=<folder>, or export DATA_ROOT=<folder> (the default "
+                          f"root; without it ../shared/data), or data.download=true")
+
+
+def check_known_keys(cfg: DictConfig, group: str) -> None:
+    """Every key of ``cfg.<group>`` is a parameter of its ``_target_`` (a misspelt key is refused, not dropped).
+    Separate from ``validate``: it imports the target's module."""
+    target = get_method(cfg[group]._target_)
+    accepted = [name for name, p in inspect.signature(target).parameters.items() if p.kind == p.KEYWORD_ONLY]
+    for key in cfg[group]:
+        if not key.startswith("_") and key not in accepted:
+            raise ConfigError(f"{group}.{key}={_show(_value(cfg, f'{group}.{key}'))} is invalid: allowed only the "
+                              f"keys {', '.join(accepted)}")
+
+
+def check_output_dir(path: str | Path) -> None:
+    """Create ``path`` if needed and prove it writable, or a ConfigError naming ``hydra.run.dir``."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise ConfigError(f"hydra.run.dir={str(path)!r} is invalid ({e.strerror}): allowed a folder this user can "
+                          f"create and write") from None
