@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 import optimizers
 from cli.validate import check_known_keys, validate
 from training import checkpoint, distributed
-from training.build import build_data, build_model, build_runtime, build_schedule
+from training.build import PLACEMENT, build_data, build_model, build_runtime, build_schedule
 from training.options import TrainerOptions
 from training.sanity import Recipe, SanityReport, run_checks
 from training.step import GradientClip, needs_closure
@@ -46,7 +46,7 @@ def trainer_options(t: DictConfig, progress_bar: bool) -> TrainerOptions:
 
 def build_trainer(cfg: DictConfig, run_dir: str | Path) -> Trainer:
     validate(cfg, run_dir)  # and create the run directory, or say why it cannot be written
-    check_known_keys(cfg, "data")
+    check_known_keys(cfg, "data", supplied=PLACEMENT)
     t = cfg.trainer
     closure = getattr(get_class(cfg.optimizer._target_), "requires_closure", False)  # L-BFGS
     runtime = build_runtime(t.device, t.precision, t.loss_scale, run_dir, closure_optimizer=closure, tf32=t.tf32)

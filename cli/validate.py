@@ -131,11 +131,12 @@ def _check_combinations(cfg: DictConfig) -> None:
                           f"root; without it ../shared/data), or data.download=true")
 
 
-def check_known_keys(cfg: DictConfig, group: str) -> None:
-    """Every key of ``cfg.<group>`` is a parameter of its ``_target_`` (a misspelt key is refused, not dropped).
-    Separate from ``validate``: it imports the target's module."""
+def check_known_keys(cfg: DictConfig, group: str, supplied: tuple[str, ...] = ()) -> None:
+    """Every key of ``cfg.<group>`` is a parameter of its ``_target_`` other than those the builder ``supplied``
+    (a misspelt key is refused, not dropped). Separate from ``validate``: it imports the target's module."""
     target = get_method(cfg[group]._target_)
-    accepted = [name for name, p in inspect.signature(target).parameters.items() if p.kind == p.KEYWORD_ONLY]
+    accepted = [name for name, p in inspect.signature(target).parameters.items()
+                if p.kind == p.KEYWORD_ONLY and name not in supplied]
     for key in cfg[group]:
         if not key.startswith("_") and key not in accepted:
             raise ConfigError(f"{group}.{key}={_show(_value(cfg, f'{group}.{key}'))} is invalid: allowed only the "
