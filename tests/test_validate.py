@@ -154,3 +154,9 @@ def test_validation_comes_before_any_data_is_read(tmp_path):
     """An empty data root would fail when read; the bad value is reported first."""
     with pytest.raises(ConfigError, match="optimizer.lr=-1"):
         build_trainer(compose_cfg(f"data.root={tmp_path}", "optimizer.lr=-1"), tmp_path / "run")
+
+
+def test_an_unknown_data_key_is_refused_by_name_before_any_data_is_read(tmp_path):
+    """data.build takes no catch-all: a misspelt key is an error naming the keys it has, not silently dropped."""
+    with pytest.raises(ConfigError, match=r"^data.batchsize=32 is invalid: allowed only the keys source, root, "):
+        build_trainer(compose_cfg(f"data.root={tmp_path}", "+data.batchsize=32"), tmp_path / "run")
