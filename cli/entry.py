@@ -6,7 +6,8 @@
     if __name__ == "__main__":
         run(main)
 
-``command`` runs the task inside Hydra's job with user errors as one line and an exit code (cli/errors.py);
+``command`` runs the task inside Hydra's job with user errors as one line and an exit code (cli/errors.py); the
+job's name (its log file) comes from the config's ``hydra.job.name``, since Hydra would name it after this file;
 ``run`` makes Hydra raise its own errors (an unknown option, an unparsable override) so they get the same
 treatment, and under torchrun gives ranks other than 0 no Hydra output (training/distributed.py).
 """
@@ -44,12 +45,8 @@ def command(config_name: str, *, validate_config: bool = True,
 
 
 def run(main: Callable[[], object]) -> None:
-    """Start a ``command``: Hydra's errors in one line (exit 2), SIGINT/SIGTERM outside the job exit 128+signal;
-    the job (and its log file) named after the script, as Hydra names a main defined there."""
+    """Start a ``command``: Hydra's errors in one line (exit 2), SIGINT/SIGTERM outside the job exit 128+signal."""
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors instead of printing them: one line instead
     with exit_cleanly():
-        argv = hydra_argv(sys.argv)  # under torchrun: Hydra writes for rank 0 only; no sweeps
-        script = Path(argv[0])
-        name = script.parent.name if script.stem == "__main__" else script.stem  # python -m analysis.toy: toy
-        sys.argv = [argv[0], f"hydra.job.name={name}", *argv[1:]]
+        sys.argv = hydra_argv(sys.argv)  # under torchrun: Hydra writes for rank 0 only; no sweeps
         main()
