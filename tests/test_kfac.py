@@ -11,8 +11,8 @@ from curvlinops import KFACLinearOperator
 
 import models
 import optimizers
+from cli.compose import train
 from optimizers.kfac import KFAC, label_directions
-from training.run import train
 
 torch.set_num_threads(2)
 

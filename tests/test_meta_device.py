@@ -21,7 +21,7 @@ from training.step import GradientClip, train_step
 META = torch.device("meta")
 OPTIMIZERS = sorted(p.stem for p in Path(CONFIG_DIR, "optimizer").glob("*.yaml")
                     if not getattr(get_class(OmegaConf.load(p)._target_), "requires_closure", False))
-MODELS = sorted(p.stem for p in Path(CONFIG_DIR, "model").glob("*.yaml"))
+MODELS = sorted(p.stem for p in Path(CONFIG_DIR, "model").glob("*.yaml") if p.stem != "resnet")  # resnet: a base
 
 
 def meta_params() -> list[nn.Parameter]:
