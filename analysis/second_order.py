@@ -9,10 +9,8 @@ seconds per step and the memory each method holds (its optimizer state, plus the
 forms), at every width of ``hidden_sizes``, with the growth exponent b of cost ~ P^b fitted over the widths.
 """
 import math
-import os
 import time
 
-import hydra
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -20,10 +18,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import optimizers
-from analysis.checks import require
 from analysis.figures import FigureWriter, plt
+from cli.entry import command, run
 from data.sources import SOURCES
-from training.errors import exit_cleanly, exit_on_user_error
+from utils.errors import require
 
 METHODS = ("gd", "momentum", "adam", "lbfgs", "natural_gradient", "kfac", "hessian_free")
 
@@ -172,13 +170,10 @@ def second_order_report(cfg: DictConfig, out_dir) -> list[dict]:
     return table
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="second_order")
+@command("second_order", validate_config=False)
 def main(cfg: DictConfig) -> None:
-    with exit_on_user_error():
-        second_order_report(cfg, HydraConfig.get().runtime.output_dir)
+    second_order_report(cfg, HydraConfig.get().runtime.output_dir)
 
 
 if __name__ == "__main__":
-    os.environ["HYDRA_FULL_ERROR"] = "1"
-    with exit_cleanly():
-        main()
+    run(main)

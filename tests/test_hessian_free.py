@@ -5,9 +5,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cli.compose import train
 from optimizers import HessianFree
 from optimizers.hessian_free import conjugate_gradient, gauss_newton_product, kept_iterations
-from training.run import train
 
 torch.set_num_threads(2)
 
