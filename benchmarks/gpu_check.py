@@ -41,7 +41,7 @@ from hydra import compose, initialize_config_dir
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from training.run import build_trainer, train  # noqa: E402
+from cli.compose import build_trainer, train  # noqa: E402
 from data.loader import batches_forever  # noqa: E402
 from training import compiling  # noqa: E402
 from utils.syncs import count_per_step, optimizer_step_counters  # noqa: E402

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from conftest import compose_cfg
 from fake_cuda import FakeCuda
-from training.run import build_trainer
+from cli.compose import build_trainer
 from training.precision import resolve_precision
 from utils import device
 from utils.device import cpu_bf16_instructions, resolve_device
@@ -100,7 +100,7 @@ def test_tf32_policy_is_set_both_ways_and_the_lab_keeps_ieee_fp32():
 def test_build_logs_the_tf32_policy_on_a_gpu(cfg, tmp_path, caplog):
     if not torch.cuda.is_available():
         pytest.skip("needs a GPU (TEST_DEVICE=cuda)")
-    with caplog.at_level(logging.INFO, logger="training.run"):
+    with caplog.at_level(logging.INFO, logger="training.build"):
         build_trainer(cfg("trainer.device=cuda", "trainer.tf32=false"), tmp_path)
     assert "CUDA fp32 matmuls and convolutions: ieee (trainer.tf32=false)" in caplog.text
 

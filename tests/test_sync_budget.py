@@ -8,7 +8,7 @@ training forward to the next). With ``TEST_DEVICE=cuda`` the steps that do not f
 import pytest
 import torch
 
-from training.run import build_trainer
+from cli.compose import build_trainer
 from training import meters
 from utils.syncs import count_per_step, optimizer_step_counters
 
