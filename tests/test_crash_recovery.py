@@ -22,6 +22,7 @@ from utils.io import atomic_write
 # 16 steps per epoch, a checkpoint after every step: kills land in and between checkpoint writes.
 RUN = ("trainer.device=cpu", "trainer.sanity=skip", "trainer.progress_bar=false", "logger=none", "optimizer=momentum",
        "scheduler=cosine", f"data.root={DATA_ROOT}", "data.train_subset=512", "data.val_subset=256",
+       "data.test_subset=256",
        "data.batch_size=32", "model.dropout=0.2", "trainer.epochs=2", "trainer.checkpoint_every_n_steps=1",
        "trainer.resume=auto")
 

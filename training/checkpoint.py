@@ -15,8 +15,10 @@ from utils.io import save_torch
 FORMAT_VERSION = 1
 REQUIRED = ("model", "optimizer", "scheduler", "scaler", "epoch", "step_in_epoch", "global_step", "rng",
             "world_size")
-# What a resume may not change: what the weights mean, and which optimizer's state the checkpoint holds.
-MUST_MATCH = ("model._target_", "model.activation", "model.skip", "optimizer._target_", "optimizer.base._target_")
+# What a resume may not change: what the weights mean, which optimizer's state the checkpoint holds, and which
+# training images are held out for validation.
+MUST_MATCH = ("model._target_", "model.activation", "model.skip", "optimizer._target_", "optimizer.base._target_",
+              "data.val_split")
 
 
 class CheckpointError(RuntimeError):

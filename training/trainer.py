@@ -135,7 +135,10 @@ class Trainer:
         return bool(every) and step % every == 0 and self.step_in_epoch < len(self.data.train)
 
     def should_evaluate(self, epoch: int) -> bool:
-        """After every ``val_every_n_epochs``-th epoch (counted from 1) and after the last (by epochs or max_steps)."""
+        """After every ``val_every_n_epochs``-th epoch (counted from 1) and after the last (by epochs or max_steps);
+        never without a validation split."""
+        if self.data.val is None:
+            return False
         return epoch % self.options.val_every_n_epochs == 0 or epoch >= self.options.epochs or self.max_steps_reached()
 
     def max_steps_reached(self) -> bool:
@@ -233,16 +236,38 @@ class Trainer:
         self.save_checkpoint(best=improved)
 
     def _finish(self) -> dict:
-        summary = self.summary(finished=True)
-        self.logger.hparams(self.config.get("hparams", {}), {"hparam/best_val_acc": summary["best_val_acc"],
-                                                             "hparam/final_val_acc": summary["final_val_acc"]})
+        test = self._test()
+        self.logger.epoch({"epoch": self.epoch, **test})
+        self.logger.scalars({f"test/{k[5:]}": v for k, v in test.items() if isinstance(v, float)}, self.global_step)
+        summary = {**self.summary(finished=True), **test}
+        self.logger.hparams(self.config.get("hparams", {}),
+                            {f"hparam/{k}": summary[k] for k in ("best_val_acc", "final_val_acc", "test_acc")
+                             if summary[k] is not None})
         self.logger.summary(summary)
         return summary
+
+    def _test(self) -> dict:
+        """The test set, evaluated once, at the end: the last weights, and best.pt's (chosen on val) when they
+        differ. ``test_acc`` is the selected weights' score: best.pt's, or the last weights' without a val split."""
+        scores = self.evaluate(self.data.test)
+        last = {"test_loss_last": scores["loss"], "test_acc_last": scores["acc"]}
+        if self.data.val is None:
+            return {"test_loss": scores["loss"], "test_acc": scores["acc"], **last, "selected_on": "nothing: "
+                    "data.val_split=0, the test set scores the last weights and nothing was chosen on it"}
+        best = checkpoint.load(self.run_dir / "checkpoints" / "best.pt")  # rank 0 wrote it before evaluate's sync
+        if best["global_step"] != self.global_step:
+            weights = self.model.state_dict()
+            self.model.load_state_dict(best["model"])
+            scores = self.evaluate(self.data.test)
+            self.model.load_state_dict(weights)
+        return {"test_loss": scores["loss"], "test_acc": scores["acc"], **last, "best_epoch": best["epoch"],
+                "selected_on": f"val: best.pt has the best val_acc of {self.data.val.num_examples} held-out "
+                               f"training images"}
 
     # ------------------------------------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate(self, loader=None) -> dict[str, float]:
-        """``{"loss", "acc"}``: mean loss and accuracy over ``loader`` (default: validation; all ranks' shares
+        """``{"loss", "acc"}``: mean loss and accuracy over ``loader`` (default: val; all ranks' shares
         summed), no augmentation but ``tta``'s. Runs the unwrapped model: weights are identical on every rank,
         and DDP's forward would sync buffers."""
         loader = loader or self.data.val
@@ -259,7 +284,8 @@ class Trainer:
         return {"loss": loss_sum / count, "acc": correct / count}
 
     def summary(self, finished: bool) -> dict:
-        return {"params": sum(p.numel() for p in self.model.parameters()), "best_val_acc": self.best_val_acc,
+        return {"params": sum(p.numel() for p in self.model.parameters()),
+                "best_val_acc": None if self.data.val is None else self.best_val_acc,
                 "final_val_acc": self.final_val_acc, "epochs": self.epoch,
                 "global_step": self.global_step, "finished": finished, "wall_time": self.train_seconds,
                 "train_images_per_sec": self.train_images / self.train_seconds if self.train_seconds else None}

@@ -89,6 +89,8 @@ RULES: dict[str, Rule] = {
     "data.eval_batch_size": _int(1),
     "data.train_subset": _int(1, nullable=True),
     "data.val_subset": _int(1, nullable=True),
+    "data.test_subset": _int(1, nullable=True),
+    "data.val_split": _int(0),
     "data.crop_padding": _int(0),
     "data.flip": _BOOL,
     "data.download": _BOOL,
