@@ -32,9 +32,12 @@ def job(run_dir: str | Path, in_sweep: bool):
     try:
         yield
     except Exception as e:
+        from training.rundir import RunDirError
         from training.trainer import Interrupted
         if isinstance(e, Interrupted) or not main_rank:  # Ctrl-C stops the whole sweep, its checkpoint saved
             raise
+        if isinstance(e, RunDirError):  # another process's or another run's directory: write nothing there; in a
+            raise  # sweep, every job would be refused the same way (a forgotten trainer.resume=auto)
         message = one_line(e)
         if in_sweep:  # the console says which job failed; the sweep goes on
             log.error("job failed: %s", message)

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import torch
 
 from data.loader import BatchLoader, batches_forever
-from data.sources import SOURCES, DatasetNotFoundError
+from data.sources import SOURCES, DataError, DatasetNotFoundError
 
-__all__ = ["BatchLoader", "DatasetNotFoundError", "ImageData", "batches_forever", "build", "subset"]
+__all__ = ["BatchLoader", "DataError", "DatasetNotFoundError", "ImageData", "batches_forever", "build", "subset"]
 
 SUBSET_SEED = 0  # subsets are the first N of this one fixed permutation, whatever the run's seed
 SPLIT_SEED = 0  # the validation split likewise: every run of a sweep validates on the same images
@@ -56,6 +56,15 @@ def stratified_split(labels: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.
     return keep.nonzero().squeeze(1), held.sort().values
 
 
+def check_labels(labels: torch.Tensor, num_classes: int, where: str) -> None:
+    """Every label in [0, num_classes), or a DataError naming the first one outside."""
+    bad = ((labels < 0) | (labels >= num_classes)).nonzero()
+    if len(bad):
+        i = int(bad[0])
+        raise DataError(f"{where} has label {int(labels[i])} at example {i} ({len(bad)} such), outside "
+                        f"[0, {num_classes}) for data.num_classes={num_classes}")
+
+
 def channel_stats(images: torch.Tensor, chunk: int = 1024) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and (sample) std in [0, 1] units, from exact integer sums over ``chunk`` images at a time.
 
@@ -92,6 +101,8 @@ def build(*, source: str, root: str, download: bool = False, batch_size: int = 1
     load = SOURCES[source]
     train_x, train_y = load(root, train=True, download=download)
     test_x, test_y = load(root, train=False, download=download)
+    for split, labels in (("train", train_y), ("test", test_y)):
+        check_labels(labels, num_classes, f"the {split} split of {source} at data.root={root!r}")
     found = (int(train_y.max()) + 1, train_x.shape[1], train_x.shape[-1])
     if found != (num_classes, in_channels, image_size):
         raise ValueError(f"data at {root!r} has (classes, channels, size)={found}, but the config says "

@@ -1,6 +1,6 @@
 """User errors become one line on stderr and a non-zero exit, never a traceback.
 
-Exit codes: 2 a user error, 1 a failed sanity check, 128+signal after SIGINT/SIGTERM.
+Exit codes: 2 a user error, 1 a failed sanity check, 128+signal after SIGINT/SIGTERM/SIGHUP.
 ``exit_on_user_error`` guards the work (inside Hydra's job); ``exit_cleanly`` guards Hydra itself in
 train.py: its composition errors (an unknown group option, an unknown key, an unparsable override),
 a run directory it cannot create, and a signal that arrives outside training.
@@ -14,6 +14,8 @@ from itertools import takewhile
 from hydra.errors import HydraException, InstantiationException, MissingConfigException, OverrideParseException
 from omegaconf.errors import OmegaConfBaseException
 
+from training.signals import STOP_SIGNALS
+
 log = logging.getLogger(__name__)
 
 # ValueError covers ConfigError and the constructors' own checks; OSError a missing dataset or an unwritable file.
@@ -22,7 +24,7 @@ _STOP_AT = ("See https://", "Config search path", "full_key:", "object_type=", "
 
 
 class Stopped(KeyboardInterrupt):
-    """SIGINT/SIGTERM outside training: nothing to save. A BaseException, so Hydra's job wrapper lets it pass."""
+    """SIGINT/SIGTERM/SIGHUP outside training: nothing to save. A BaseException, so Hydra's job wrapper lets it pass."""
 
     def __init__(self, signum: int):
         super().__init__(f"stopped by {signal.Signals(signum).name} outside training; nothing new to save "
@@ -57,13 +59,14 @@ def _exit(code: int, message: str):
 
 @contextmanager
 def exit_on_user_error():
-    """Exit 2 on a user error, 1 on a failed sanity check, 128+signal after SIGINT/SIGTERM."""
+    """Exit 2 on a user error, 1 on a failed sanity check, 128+signal after SIGINT/SIGTERM/SIGHUP."""
     try:
         yield
     except CONFIG_ERRORS as e:
         _exit(2, f"error: {one_line(e)}")
     except Exception as e:
         # Raised only by the training modules, so they are loaded by now (a config error needs none of them)
+        import torch
         from training.checkpoint import CheckpointError
         from training.run import SanityError
         from training.trainer import DivergenceError, Interrupted
@@ -74,17 +77,24 @@ def exit_on_user_error():
             _exit(1, f"error: {e}")
         if isinstance(e, (CheckpointError, DivergenceError)):
             _exit(2, f"error: {one_line(e)}")
+        if isinstance(e, torch.OutOfMemoryError):
+            _exit(2, f"error: out of memory ({one_line(e)[:160]}); lower data.batch_size (or data.eval_batch_size), "
+                     f"or use a smaller model or trainer.precision=bf16")
         raise
 
 
 @contextmanager
 def exit_cleanly():
-    """Around Hydra's main: its errors in one line, exit 2; SIGINT/SIGTERM outside training exit 128+signal."""
+    """Around Hydra's main: its errors in one line, exit 2; SIGINT/SIGTERM/SIGHUP outside training exit 128+signal."""
     def stop(signum, _frame):
         raise Stopped(signum)
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
+    stopping = False
     try:
         yield
+    except SystemExit as e:  # a run stopped by a signal has saved and said so: more signals change nothing now
+        stopping = e.code in {128 + s for s in STOP_SIGNALS}
+        raise
     except Stopped as e:
         _exit(128 + e.signum, str(e))
     except (HydraException, OmegaConfBaseException, ValueError) as e:
@@ -94,4 +104,4 @@ def exit_cleanly():
         _exit(2, f"error: cannot write the run directory ({one_line(e)}): set hydra.run.dir=<a writable folder>")
     finally:
         for s, handler in previous.items():
-            signal.signal(s, handler)
+            signal.signal(s, signal.SIG_IGN if stopping else handler)

@@ -7,6 +7,7 @@ optimizer (their constructors check their arguments), and only then load data.
 """
 import logging
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -20,13 +21,13 @@ from omegaconf import DictConfig, OmegaConf
 import optimizers
 from data import ImageData
 from models import has_conv
-from training import checkpoint, distributed
+from training import checkpoint, distributed, rundir
 from training.options import TrainerOptions
 from training.precision import Precision, resolve_precision
 from training.sanity import Recipe, SanityReport, run_checks
 from training.step import GradientClip
 from training.trainer import Runtime, Trainer
-from training.validate import validate
+from training.validate import check_output_dir, validate
 from utils.device import set_tf32
 from utils.seed import seed_everything
 
@@ -118,16 +119,18 @@ def build_trainer(cfg: DictConfig, run_dir: str | Path) -> Trainer:
 def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     """Build everything from ``cfg``, run the sanity checks (or resume), train; returns the summary."""
     run_dir = Path(run_dir or HydraConfig.get().runtime.output_dir)
-    trainer = build_trainer(cfg, run_dir)
-    resume = resume_path(cfg.trainer.resume, trainer.run_dir)  # under DDP: rank 0's, on every rank
-    if resume is not None:
-        trainer.resume(resume)
-    elif cfg.trainer.sanity != "skip":
-        run_sanity(trainer, cfg)
-    try:
-        return trainer.fit()
-    finally:
-        distributed.shutdown(trainer.dist)
+    check_output_dir(run_dir)
+    with rundir.claim(run_dir, cfg.trainer.resume) if distributed.env_from_os().is_main else nullcontext():
+        trainer = build_trainer(cfg, run_dir)
+        resume = resume_path(cfg.trainer.resume, trainer.run_dir)  # under DDP: rank 0's, on every rank
+        if resume is not None:
+            trainer.resume(resume)
+        elif cfg.trainer.sanity != "skip":
+            run_sanity(trainer, cfg)
+        try:
+            return trainer.fit()
+        finally:
+            distributed.shutdown(trainer.dist)
 
 
 def sanity_check(trainer: Trainer, cfg: DictConfig) -> SanityReport:
@@ -153,11 +156,11 @@ def run_sanity(trainer: Trainer, cfg: DictConfig) -> None:
 
 
 def resume_path(resume: str | None, run_dir: Path) -> Path | None:
-    """``auto``: this run directory's last.pt if there is one (else start fresh); a path: that file."""
+    """``auto``: this run directory's newest checkpoint that loads (else start fresh); a path: that file."""
     if resume is None:
         return None
     if resume == "auto":
-        return checkpoint.find_last(run_dir / "checkpoints")
+        return checkpoint.find_latest(run_dir / "checkpoints")
     return Path(resume)
 
 

@@ -208,7 +208,8 @@ class Trainer:
             self.stop_signal = max_over_ranks(self.stop_signal or 0, self.dist, self.device) or None
 
     def _request_stop(self, signum: int) -> None:
-        self.stop_signal = signum
+        if self.stop_signal is None:  # a repeated signal changes nothing: the first one is reported
+            self.stop_signal = signum
 
     def _pause(self) -> dict:
         """Checkpoint here; raise Interrupted after a signal, else return the unfinished run's summary."""
