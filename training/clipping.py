@@ -16,6 +16,7 @@ from training.options import CLIP_MODES as MODES
 class ClipResult:
     total_norm: torch.Tensor  # 0-dim: global L2 norm of all gradients before clipping
     clipped: torch.Tensor  # 0-dim bool: whether clipping changed any gradient
+    threshold: torch.Tensor | None = None  # 0-dim: the norm threshold autoclip chose this step (None otherwise)
 
 
 @torch.no_grad()
@@ -70,8 +71,9 @@ def _agc_(params: list[torch.Tensor], clip_factor: float, eps: float, device: to
 
 
 def _check(mode: str, max_value: float, agc_eps: float) -> None:
-    if mode not in MODES:
-        raise ValueError(f"clip mode={mode!r} is invalid: expected one of {MODES}")
+    stateless = tuple(m for m in MODES if m != "autoclip")  # autoclip keeps a norm history: training/autoclip.py
+    if mode not in stateless:
+        raise ValueError(f"clip mode={mode!r} is invalid: expected one of {stateless}")
     if mode != "none" and not max_value > 0:
         raise ValueError(f"clip max_value={max_value!r} is invalid for mode={mode!r}: expected a value > 0")
     if mode == "agc" and not agc_eps > 0:

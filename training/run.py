@@ -86,6 +86,7 @@ def build_schedule(make_schedule, optimizer: torch.optim.Optimizer, data: ImageD
 def trainer_options(t: DictConfig, progress_bar: bool) -> TrainerOptions:
     return TrainerOptions(
         epochs=t.epochs, max_steps=t.max_steps, clip_mode=t.clip.mode, clip_max=t.clip.max,
+        clip_percentile=t.clip.percentile, clip_window=t.clip.window,
         label_smoothing=t.label_smoothing, closure=t.closure, on_nan=t.on_nan,
         checkpoint_every_n_steps=t.checkpoint_every_n_steps, keep_last_k=t.keep_last_k, progress_bar=progress_bar,
         tta=t.tta, val_every_n_epochs=t.val_every_n_epochs, compile=t.compile)
@@ -137,7 +138,8 @@ def sanity_check(trainer: Trainer, cfg: DictConfig) -> SanityReport:
     """The pre-flight checks (``cfg.sanity``) on copies of the trainer's model, trained as the run trains:
     its loss, precision, clipping and a fresh optimizer of ``cfg.optimizer``. The run's weights and RNGs stay."""
     recipe = Recipe(lambda m: optimizers.build(cfg.optimizer, m), trainer.criterion, trainer.precision,
-                    GradientClip(trainer.clip.mode, trainer.clip.max_value), lockstep=trainer.dist.enabled)
+                    GradientClip(trainer.clip.mode, trainer.clip.max_value, percentile=trainer.clip.percentile,
+                                 window=trainer.clip.window), lockstep=trainer.dist.enabled)
     options = OmegaConf.to_container(cfg.sanity, resolve=True) if "sanity" in cfg else {}
     with torch.random.fork_rng(devices=[trainer.device] if trainer.device.type == "cuda" else []):
         return run_checks(trainer.model, recipe, trainer.data, **options)

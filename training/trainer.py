@@ -59,7 +59,8 @@ class Trainer:
         self.forward_model = maybe_compile(wrap_model(model, self.dist, self.device), options.compile)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=options.label_smoothing)
         observe = (lambda: monitor.observe(model, self.global_step)) if monitor is not None else None
-        self.clip = GradientClip(options.clip_mode, options.clip_max, observe)
+        self.clip = GradientClip(options.clip_mode, options.clip_max, observe, options.clip_percentile,
+                                 options.clip_window)
         self.full_batch = needs_closure(optimizer) and options.closure == "full_batch"
         # Counters: epochs completed; position inside the current epoch; optimizer steps taken.
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
@@ -170,11 +171,11 @@ class Trainer:
 
     def _log_steps(self) -> tuple | None:
         """Write the pending steps' numbers (one synchronisation), stopping on a non-finite loss unless
-        ``on_nan=skip``; returns the last step's row (step, lr, loss, acc, grad_norm, clipped)."""
+        ``on_nan=skip``; returns the last step's row (step, lr, loss, acc, grad_norm, clipped, clip threshold)."""
         rows = self.pending.drain()
         if self.monitor is not None:
             self.monitor.flush()
-        for step, lr, loss, acc, norm, clipped in rows:
+        for step, lr, loss, acc, norm, clipped, threshold in rows:
             if not math.isfinite(loss):
                 if self.options.on_nan == "stop":
                     raise DivergenceError(
@@ -185,6 +186,8 @@ class Trainer:
             self.last_finite_loss = loss
             self.logger.scalars({"train/loss": loss, "train/acc": acc, "lr": lr, "grad_norm": norm,
                                  "clip/fired": clipped}, step)
+            if self.clip.auto is not None:
+                self.logger.scalars({"clip/threshold": threshold}, step)
         if rows and self.precision.uses_scaler:
             self.skipped_steps += sum(not math.isfinite(row[4]) for row in rows)
             self.logger.scalars({"amp/loss_scale": self.precision.scale(),
@@ -299,7 +302,8 @@ class Trainer:
                 "best_val_acc": self.best_val_acc, "final_val_acc": self.final_val_acc,
                 "train_seconds": self.stopwatch.total, "train_images": self.train_images,
                 "skipped_steps": self.skipped_steps, "accumulators": self.totals.state(),
-                "rng": rng_state(), "world_size": self.dist.world_size, "config": self.config}
+                "rng": rng_state(), "world_size": self.dist.world_size, "config": self.config,
+                "autoclip": self.clip.auto.state_dict() if self.clip.auto is not None else None}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -311,6 +315,8 @@ class Trainer:
         self.stopwatch, self.train_images = Stopwatch(state["train_seconds"], self.device), state["train_images"]
         self.skipped_steps = state["skipped_steps"]
         self.totals = EpochTotals(self.device, state["accumulators"])
+        if self.clip.auto is not None and state.get("autoclip") is not None:
+            self.clip.auto.load_state_dict(state["autoclip"])
         set_rng_state(state["rng"])
 
     def save_checkpoint(self, best: bool = False) -> None:
