@@ -76,8 +76,9 @@ class RunLogger:
                 f.write(json.dumps(finite_or_null(record), allow_nan=False) + "\n")
 
     def truncate_epochs(self, keep_through_epoch: int) -> None:
-        """On resume: drop metric lines written after the checkpoint we resume from, and any line that does not
-        parse (a crash or a full disk during the append tears the last one); say so when one is dropped."""
+        """On resume: drop metric lines written after the checkpoint we resume from (the test scores, written after
+        the last checkpoint, included: the run's end writes them again), and any line that does not parse (a crash
+        or a full disk during the append tears the last one); say so when one is dropped."""
         path = self.run_dir / "metrics.jsonl"
         if not (self.enabled and path.exists()):
             return
@@ -85,7 +86,8 @@ class RunLogger:
         torn = sum(record is None for _, record in lines)
         if torn:
             log.warning("%s: dropped %d line(s) that do not parse (torn by a crash or a full disk)", path, torn)
-        kept = [line for line, record in lines if record is not None and record["epoch"] <= keep_through_epoch]
+        kept = [line for line, record in lines if record is not None and record["epoch"] <= keep_through_epoch
+                and "test_acc" not in record]
         atomic_write(path, lambda f: f.write("".join(line + "\n" for line in kept)), mode="w")
 
     def summary(self, values: dict) -> None:
