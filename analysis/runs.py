@@ -1,4 +1,5 @@
-"""Reading a Hydra multirun directory: one ``Run`` per job subdirectory that has written ``metrics.jsonl``.
+"""Reading a Hydra multirun directory: one ``Run`` per job subdirectory that has written ``metrics.jsonl``, and
+``Group``s of runs that differ only in their seed.
 
 A job directory holds ``.hydra/overrides.yaml`` (its command-line overrides), ``.hydra/config.yaml`` (the composed
 config), ``.hydra/hydra.yaml`` (among others Hydra's group choices), ``metrics.jsonl`` (one line per epoch),
@@ -17,6 +18,7 @@ from utils.errors import require
 
 logging.getLogger("tensorboard").setLevel(logging.WARNING)  # one INFO line per event file read otherwise
 NOT_LABELS = ("data.root=", "trainer.device=", "hydra.", "experiment=")  # overrides that say nothing of a run
+SEED_KEYS = ("trainer.seed=", "data.seed=")  # overrides that repeat a setting rather than change it
 
 
 @dataclass
@@ -40,10 +42,19 @@ class Run:
         return float(opt["lr"] if "lr" in opt else opt["base"]["lr"])  # Lookahead keeps it in its base
 
     @property
-    def final_acc(self) -> float:
-        if self.summary and self.summary.get("final_val_acc") is not None:
-            return float(self.summary["final_val_acc"])
-        return float(self.metrics[-1]["val_acc"])
+    def seed(self) -> int:
+        return int(self.config["trainer"]["seed"])
+
+    @property
+    def setting(self) -> tuple[str, ...]:
+        """What the run was asked to be, its seed left out: runs with equal settings are repeats."""
+        return tuple(sorted(o for o in self.overrides if not o.startswith(NOT_LABELS + SEED_KEYS)))
+
+    def score(self, name: str) -> float:
+        """A number of summary.json (``best_val_acc``, ``test_acc``, ``wall_time``, ...); NaN where the run did
+        not record it (an unfinished run, a run without a val split, a run from before the test set was kept)."""
+        value = (self.summary or {}).get(name)
+        return float("nan") if value is None else float(value)
 
     def curve(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         """(epochs, values) of one metrics.jsonl column."""
@@ -112,6 +123,60 @@ def labels(jobs: list[Path]) -> list[str]:
     shared = set.intersection(*(set(o) for o in overrides)) if len(jobs) > 1 else set()
     return [" ".join(o for o in own if o not in shared and not o.startswith(NOT_LABELS)) or job.name
             for own, job in zip(overrides, jobs)]
+
+
+@dataclass
+class Group:
+    """Runs of one setting, differing only in their seed; ``varied``: the overrides that set it apart from the
+    sweep's other groups."""
+    varied: tuple[str, ...]
+    setting: tuple[str, ...]
+    runs: list[Run]
+
+    @property
+    def label(self) -> str:
+        return " ".join(map(short_override, self.varied)) or "all runs"
+
+    @property
+    def n(self) -> int:
+        return len(self.runs)
+
+    def scores(self, name: str) -> np.ndarray:
+        return np.array([run.score(name) for run in self.runs])
+
+    def curves(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """(epochs, values (n, epochs)) of one metrics.jsonl column, cut to the epochs every run reached."""
+        curves = [run.curve(key) for run in self.runs]
+        length = min(len(epochs) for epochs, _ in curves)
+        return curves[0][0][:length], np.stack([values[:length] for _, values in curves])
+
+    @property
+    def optimizer(self) -> str:
+        return self.runs[0].optimizer
+
+    @property
+    def lr(self) -> float:
+        return self.runs[0].lr
+
+
+def group_runs(runs: list[Run]) -> list[Group]:
+    """Runs pooled by setting (everything but the seed), in order of first appearance; each group labelled by the
+    overrides in which it differs from the other groups."""
+    by_setting: dict[tuple[str, ...], list[Run]] = {}
+    for run in runs:
+        by_setting.setdefault(run.setting, []).append(run)
+    shared = set.intersection(*(set(s) for s in by_setting))
+    return [Group(tuple(o for o in setting if o not in shared), setting, members)
+            for setting, members in by_setting.items()]
+
+
+def short_override(override: str) -> str:
+    """``key=value`` with a float value cut to 4 significant digits (Optuna samples 16)."""
+    key, _, value = override.partition("=")
+    try:
+        return f"{key}={float(value):.4g}" if "." in value or "e" in value.lower() else override
+    except ValueError:
+        return override
 
 
 def job_order(directory: Path) -> tuple[int, str]:

@@ -82,7 +82,8 @@ def state_bytes(optimizer: torch.optim.Optimizer) -> int:
     return walk(optimizer.state_dict()["state"])
 
 
-def run(name: str, settings: dict, x: torch.Tensor, y: torch.Tensor, hidden: int, steps: int, seed: int) -> dict:
+def run_optimizer(name: str, settings: dict, x: torch.Tensor, y: torch.Tensor, hidden: int, steps: int,
+                  seed: int) -> dict:
     """``steps`` full-batch steps of one method: the loss before each step and after the last, the elapsed
     seconds at each, and the memory held (optimizer state; the natural gradient also forms a P x P Fisher)."""
     model = make_model(x.shape[1], hidden, seed)
@@ -149,8 +150,8 @@ def second_order_report(cfg: DictConfig, out_dir) -> list[dict]:
     x, y = load_problem(cfg.data_root, cfg.samples, cfg.image_size, cfg.seed)
     settings = OmegaConf.to_container(cfg.settings)
     for name in cfg.methods:  # one-time costs (first kernels, torch.func tracing) stay out of the timings
-        run(name, settings[name], x, y, cfg.hidden_sizes[0], 2, cfg.seed)
-    table = [run(name, settings[name], x, y, hidden, cfg.steps, cfg.seed)
+        run_optimizer(name, settings[name], x, y, cfg.hidden_sizes[0], 2, cfg.seed)
+    table = [run_optimizer(name, settings[name], x, y, hidden, cfg.steps, cfg.seed)
              for hidden in cfg.hidden_sizes for name in cfg.methods]
     for row in table:
         row["samples"] = len(y)

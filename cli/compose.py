@@ -7,6 +7,7 @@ config, build model and optimizer (their constructors check their arguments), an
 """
 import logging
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -17,8 +18,8 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import optimizers
-from cli.validate import check_known_keys, validate
-from training import checkpoint, distributed
+from cli.validate import check_known_keys, check_output_dir, validate
+from training import checkpoint, distributed, rundir
 from training.build import PLACEMENT, build_data, build_model, build_runtime, build_schedule
 from training.options import TrainerOptions
 from training.sanity import Recipe, SanityReport, run_checks
@@ -39,6 +40,7 @@ class SanityError(UserError):
 def trainer_options(t: DictConfig, progress_bar: bool) -> TrainerOptions:
     return TrainerOptions(
         epochs=t.epochs, max_steps=t.max_steps, clip_mode=t.clip.mode, clip_max=t.clip.max,
+        clip_percentile=t.clip.percentile, clip_window=t.clip.window,
         label_smoothing=t.label_smoothing, closure=t.closure, on_nan=t.on_nan,
         checkpoint_every_n_steps=t.checkpoint_every_n_steps, keep_last_k=t.keep_last_k, progress_bar=progress_bar,
         tta=t.tta, val_every_n_epochs=t.val_every_n_epochs, compile=t.compile)
@@ -73,23 +75,26 @@ def build_trainer(cfg: DictConfig, run_dir: str | Path) -> Trainer:
 def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     """Build everything from ``cfg``, run the sanity checks (or resume), train; returns the summary."""
     run_dir = Path(run_dir or HydraConfig.get().runtime.output_dir)
-    trainer = build_trainer(cfg, run_dir)
-    resume = resume_path(cfg.trainer.resume, trainer.run_dir)  # under DDP: rank 0's, on every rank
-    if resume is not None:
-        trainer.resume(resume)
-    elif cfg.trainer.sanity != "skip":
-        run_sanity(trainer, cfg)
-    try:
-        return trainer.fit()
-    finally:
-        distributed.shutdown(trainer.dist)
+    check_output_dir(run_dir)
+    with rundir.claim(run_dir, cfg.trainer.resume) if distributed.env_from_os().is_main else nullcontext():
+        trainer = build_trainer(cfg, run_dir)
+        resume = resume_path(cfg.trainer.resume, trainer.run_dir)  # under DDP: rank 0's, on every rank
+        if resume is not None:
+            trainer.resume(resume)
+        elif cfg.trainer.sanity != "skip":
+            run_sanity(trainer, cfg)
+        try:
+            return trainer.fit()
+        finally:
+            distributed.shutdown(trainer.dist)
 
 
 def sanity_check(trainer: Trainer, cfg: DictConfig) -> SanityReport:
     """The pre-flight checks (``cfg.sanity``) on copies of the trainer's model, trained as the run trains:
     its loss, precision, clipping and a fresh optimizer of ``cfg.optimizer``. The run's weights and RNGs stay."""
     recipe = Recipe(lambda m: optimizers.build(cfg.optimizer, m), trainer.criterion, trainer.precision,
-                    GradientClip(trainer.clip.mode, trainer.clip.max_value), lockstep=trainer.dist.enabled)
+                    GradientClip(trainer.clip.mode, trainer.clip.max_value, percentile=trainer.clip.percentile,
+                                 window=trainer.clip.window), lockstep=trainer.dist.enabled)
     options = OmegaConf.to_container(cfg.sanity, resolve=True) if "sanity" in cfg else {}
     with torch.random.fork_rng(devices=[trainer.device] if trainer.device.type == "cuda" else []):
         return run_checks(trainer.model, recipe, trainer.data, **options)
@@ -108,11 +113,11 @@ def run_sanity(trainer: Trainer, cfg: DictConfig) -> None:
 
 
 def resume_path(resume: str | None, run_dir: Path) -> Path | None:
-    """``auto``: this run directory's last.pt if there is one (else start fresh); a path: that file."""
+    """``auto``: this run directory's newest checkpoint that loads (else start fresh); a path: that file."""
     if resume is None:
         return None
     if resume == "auto":
-        return checkpoint.find_last(run_dir / "checkpoints")
+        return checkpoint.find_latest(run_dir / "checkpoints")
     return Path(resume)
 
 

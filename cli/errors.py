@@ -1,7 +1,7 @@
 """User errors become one line on stderr and an exit code, never a traceback.
 
 Exit codes: a ``UserError``'s own (2; 1 for a failed sanity check), 2 for Hydra's and OmegaConf's composition
-errors and for files that cannot be read or written, 128+signal after SIGINT/SIGTERM. Anything else is a bug
+errors and for files that cannot be read or written, 128+signal after SIGINT/SIGTERM/SIGHUP. Anything else is a bug
 and keeps its traceback. ``exit_on_user_error`` guards the work (inside Hydra's job); ``exit_cleanly`` guards
 Hydra itself: its composition errors (an unknown group option, an unknown key, an unparsable override), a run
 directory it cannot create, and a signal that arrives outside training.
@@ -15,7 +15,7 @@ from itertools import takewhile
 from hydra.errors import HydraException, InstantiationException, MissingConfigException, OverrideParseException
 from omegaconf.errors import OmegaConfBaseException
 
-from training.signals import Interrupted
+from training.signals import STOP_SIGNALS, Interrupted
 from utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ _STOP_AT = ("See https://", "Config search path", "full_key:", "object_type=", "
 
 
 class Stopped(KeyboardInterrupt):
-    """SIGINT/SIGTERM outside training: nothing to save. A BaseException, so Hydra's job wrapper lets it pass."""
+    """SIGINT/SIGTERM/SIGHUP outside training: nothing to save. A BaseException, so Hydra's job wrapper lets it pass."""
 
     def __init__(self, signum: int):
         super().__init__(f"stopped by {signal.Signals(signum).name} outside training; nothing new to save "
@@ -66,7 +66,8 @@ def _exit(code: int, message: str):
 
 @contextmanager
 def exit_on_user_error():
-    """A user error: one line, its exit code; SIGINT/SIGTERM during training: 128+signal."""
+    """A user error: one line, its exit code; running out of memory: one line with what to lower, exit 2;
+    SIGINT/SIGTERM/SIGHUP during training: 128+signal."""
     try:
         yield
     except USER_ERRORS as e:
@@ -74,16 +75,26 @@ def exit_on_user_error():
     except Interrupted as e:
         log.warning(str(e))
         _exit(128 + e.signum, str(e))
+    except Exception as e:
+        torch = sys.modules.get("torch")  # only the training stack runs out of memory, and it has loaded torch
+        if torch is None or not isinstance(e, torch.OutOfMemoryError):
+            raise
+        _exit(2, f"error: out of memory ({one_line(e)[:160]}); lower data.batch_size (or data.eval_batch_size), "
+                 f"or use a smaller model or trainer.precision=bf16")
 
 
 @contextmanager
 def exit_cleanly():
-    """Around Hydra's main: its errors in one line, exit 2; SIGINT/SIGTERM outside training exit 128+signal."""
+    """Around Hydra's main: its errors in one line, exit 2; SIGINT/SIGTERM/SIGHUP outside training exit 128+signal."""
     def stop(signum, _frame):
         raise Stopped(signum)
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
+    stopping = False
     try:
         yield
+    except SystemExit as e:  # a run stopped by a signal has saved and said so: more signals change nothing now
+        stopping = e.code in {128 + s for s in STOP_SIGNALS}
+        raise
     except Stopped as e:
         _exit(128 + e.signum, str(e))
     except (UserError, HydraException, OmegaConfBaseException) as e:
@@ -93,4 +104,4 @@ def exit_cleanly():
         _exit(2, f"error: cannot write the run directory ({one_line(e)}): set hydra.run.dir=<a writable folder>")
     finally:
         for s, handler in previous.items():
-            signal.signal(s, handler)
+            signal.signal(s, signal.SIG_IGN if stopping else handler)

@@ -1,8 +1,8 @@
 """What a person sees when a run or a sweep ends: where it went, how it did, how to look at it.
 
 ``job(run_dir, in_sweep)`` wraps one training job. A finished job prints the closing block (run directory,
-best/final val acc, training time, the ``tensorboard --logdir`` line); a failed one logs its error (so it lands
-in ``train.log``), marks ``summary.json`` ``status: failed`` with the error, and, inside a sweep, lets the next
+best/final val acc, test acc, training time, the ``tensorboard --logdir`` line); a failed one logs its error (so it
+lands in ``train.log``), marks ``summary.json`` ``status: failed`` with the error, and, inside a sweep, lets the next
 job run. ``SweepReport`` (a Hydra callback in configs/train.yaml) prints the sweep directory when a sweep
 starts, a table of its jobs when it ends, and exits 1 if any job failed.
 """
@@ -32,9 +32,12 @@ def job(run_dir: str | Path, in_sweep: bool):
     try:
         yield
     except Exception as e:
+        from training.rundir import RunDirError
         from training.signals import Interrupted
         if isinstance(e, Interrupted) or not main_rank:  # Ctrl-C stops the whole sweep, its checkpoint saved
             raise
+        if isinstance(e, RunDirError):  # another process's or another run's directory: write nothing there; in a
+            raise  # sweep, every job would be refused the same way (a forgotten trainer.resume=auto)
         message = one_line(e)
         if in_sweep:  # the console says which job failed; the sweep goes on
             log.error("job failed: %s", message)
@@ -54,10 +57,12 @@ def job(run_dir: str | Path, in_sweep: bool):
 
 
 def closing_block(run_dir: Path, summary: dict) -> str:
-    """Four aligned lines: where the run went, how it scored, how long it trained, how to look at it."""
+    """Five aligned lines: where the run went, how it scored (val, then the test set's one score), how long it
+    trained, how to look at it."""
     rows = [("run directory", str(run_dir)),
             ("val acc", f"best {_acc(summary.get('best_val_acc'))}, final {_acc(summary.get('final_val_acc'))} "
                         f"({summary.get('epochs')} epochs, {summary.get('global_step')} steps)"),
+            ("test acc", _test_scores(summary)),
             ("train time", f"{_duration(summary.get('wall_time'))} of training steps, "
                            f"{_duration(summary.get('process_time'))} in all"),
             ("tensorboard", f"tensorboard --logdir {run_dir}")]
@@ -139,6 +144,12 @@ def _write_summary(run_dir: Path, **values) -> dict:
 def _summary(run_dir: Path) -> dict:
     path = run_dir / "summary.json"
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _test_scores(summary: dict) -> str:
+    if summary.get("best_epoch") is None:  # no validation split: the last weights were tested
+        return f"{_acc(summary.get('test_acc'))} (last weights; data.val_split=0, nothing chosen)"
+    return f"{_acc(summary.get('test_acc'))} (best.pt), {_acc(summary.get('test_acc_last'))} (last weights)"
 
 
 def _acc(value) -> str:

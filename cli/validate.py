@@ -44,6 +44,8 @@ RULES: dict[str, Rule] = {
     "data.eval_batch_size": integer(1),
     "data.train_subset": integer(1, nullable=True),
     "data.val_subset": integer(1, nullable=True),
+    "data.test_subset": integer(1, nullable=True),
+    "data.val_split": integer(0),
     "data.crop_padding": integer(0),
     "data.flip": BOOL,
     "data.download": BOOL,

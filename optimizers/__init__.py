@@ -30,7 +30,7 @@ def build(cfg: DictConfig | dict, model: nn.Module) -> torch.optim.Optimizer:
     """
     cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     decay_norm_and_bias = cfg.pop("decay_norm_and_bias", False)
-    factory = instantiate(cfg)
+    factory = instantiate(cfg, _convert_="all")  # plain lists in param_groups: a weights-only checkpoint
     if getattr(factory.func, "needs_model", False):
         factory = partial(factory, model=model)
     if getattr(factory.func, "requires_closure", False):

@@ -16,7 +16,8 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 TEST_DEVICE = os.environ.get("TEST_DEVICE", "cpu")
 TINY = [f"trainer.device={TEST_DEVICE}", "trainer.progress_bar=false", "trainer.epochs=1", "data.train_subset=512",
-        "data.val_subset=256", "data.batch_size=64", "trainer.sanity=skip", f"data.root={DATA_ROOT}"]
+        "data.val_subset=256", "data.test_subset=256", "data.batch_size=64", "trainer.sanity=skip",
+        f"data.root={DATA_ROOT}"]
 
 
 def compose_cfg(*overrides: str, tiny: bool = True):

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
-from analysis.lr_finder import find_lr, lr_range_test, steepest
+from analysis.lr_finder import find_lr, lr_range_test, minimum_over_10, steepest
 from conftest import CONFIG_DIR, DATA_ROOT
 from optimizers import SGD
 from utils.errors import ConfigError
@@ -61,6 +61,21 @@ def test_steepest_descent_of_a_known_curve():
     assert steepest(lrs, chaotic, skip_start=10, skip_end=5) == pytest.approx(1e-2, rel=0.06)
 
 
+def test_minimum_over_10_of_a_known_curve():
+    lrs = list(np.logspace(-6, 1, 141))
+    smoothed = [(math.log10(lr) + 1) ** 2 for lr in lrs]  # minimum at lr = 0.1
+    assert minimum_over_10(lrs, smoothed, skip_start=10, skip_end=5) == pytest.approx(0.01)
+
+
+def test_more_smoothing_lags_and_moves_the_suggestion_to_a_larger_lr():
+    model, batches, limit = least_squares()
+    run = {beta: lr_range_test(model, sgd, batches, F.mse_loss, min_lr=1e-5, max_lr=10.0, num_steps=200, beta=beta)
+           for beta in (0.9, 0.95, 0.98)}
+    suggestions = [run[beta].suggestion for beta in (0.9, 0.95, 0.98)]
+    assert suggestions == sorted(suggestions) and suggestions[0] < suggestions[2]
+    assert run[0.98].rule == "steepest" and run[0.98].beta == 0.98
+
+
 def lr_finder_cfg(*overrides: str):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose("lr_finder", overrides=["trainer.device=cpu", f"data.root={DATA_ROOT}", *overrides])
@@ -79,3 +94,20 @@ def test_lr_finder_on_mnist_writes_a_sane_suggestion(tmp_path):
     assert saved["suggested_lr"] == result.suggestion and 1e-3 < result.suggestion < 3.0
     assert result.stopped_early and saved["steps_run"] == len(result.lrs) < 150
     assert (tmp_path / "lr_finder.png").stat().st_size > 10_000
+    assert saved["rule"] == "steepest descent of the smoothed loss against log lr, before its minimum, loss " \
+                            "smoothed with beta=0.95"
+
+
+@pytest.mark.needs_data
+def test_smoothing_and_rule_are_configurable_and_named(tmp_path):
+    cfg = lr_finder_cfg("data.train_subset=2048", "model.hidden_sizes=[64]", "num_steps=150", "min_lr=1e-4",
+                        "smoothing=0.98", "suggestion=minimum_over_10")
+    _, result = find_lr(cfg, tmp_path)
+    saved = json.loads((tmp_path / "lr_finder.json").read_text())
+    assert saved["rule"].startswith("lr of the smoothed loss's minimum / 10") and "beta=0.98" in saved["rule"]
+    assert result.suggestion == pytest.approx(saved["lr_at_min_smoothed_loss"] / 10)
+
+
+def test_an_unknown_rule_is_a_one_line_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"suggestion='valley' is invalid: allowed steepest or minimum_over_10"):
+        find_lr(lr_finder_cfg("suggestion=valley"), tmp_path)

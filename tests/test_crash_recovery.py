@@ -22,6 +22,7 @@ from utils.io import atomic_write
 # 16 steps per epoch, a checkpoint after every step: kills land in and between checkpoint writes.
 RUN = ("trainer.device=cpu", "trainer.sanity=skip", "trainer.progress_bar=false", "logger=none", "optimizer=momentum",
        "scheduler=cosine", f"data.root={DATA_ROOT}", "data.train_subset=512", "data.val_subset=256",
+       "data.test_subset=256",
        "data.batch_size=32", "model.dropout=0.2", "trainer.epochs=2", "trainer.checkpoint_every_n_steps=1",
        "trainer.resume=auto")
 
@@ -183,8 +184,7 @@ def test_kills_during_checkpoint_writes_never_tear_last_pt(tmp_path):
     """A forked writer saves checkpoints (with step links and best.pt) in a loop; SIGKILL it at 30 random
     moments: last.pt always loads, and holds a step no older than the one seen before the kill."""
     rng, seen = random.Random(0), 0
-    state = {"model": {"w": torch.randn(512, 512)}, "optimizer": {}, "scheduler": {}, "scaler": {}, "epoch": 0,
-             "step_in_epoch": 0, "rng": {}, "world_size": 1}
+    state = {**dict.fromkeys(checkpoint.REQUIRED, 0), "model": {"w": torch.randn(512, 512)}}
     for attempt in range(30):
         pid = os.fork()
         if pid == 0:  # the writer: never returns into pytest

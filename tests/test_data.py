@@ -103,9 +103,10 @@ def test_subset_is_a_fixed_prefix_of_one_permutation():
 
 @pytest.mark.needs_data
 def test_mnist_loads_with_its_own_statistics():
-    d = data.build(source="mnist", root=str(DATA_ROOT), num_classes=10, in_channels=1, image_size=28, val_subset=500)
-    assert d.train.num_examples == 60_000 and d.val.num_examples == 500
-    assert abs(d.mean[0] - 0.1307) < 1e-3 and abs(d.std[0] - 0.3081) < 1e-3
+    d = data.build(source="mnist", root=str(DATA_ROOT), num_classes=10, in_channels=1, image_size=28,
+                   val_split=5000, val_subset=500)
+    assert (d.train.num_examples, d.val.num_examples, d.test.num_examples) == (55_000, 500, 10_000)
+    assert abs(d.mean[0] - 0.1307) < 1e-3 and abs(d.std[0] - 0.3081) < 1e-3  # of the 55k training images
     x, y = next(iter(d.val))
     assert x.shape == (1000 if len(y) == 1000 else len(y), 1, 28, 28) and 0 <= y.min() and y.max() <= 9
 
@@ -129,15 +130,15 @@ def test_image_folder_reads_classes_in_sorted_order(tmp_path):
             for i in range(3):
                 write_png(torch.full((3, 4, 4), 40 * label + i, dtype=torch.uint8), str(tmp_path / split / name / f"{i}.png"))
     d = data.build(source="image_folder", root=str(tmp_path), num_classes=2, in_channels=3, image_size=4, batch_size=2)
-    assert d.val.labels.tolist() == [0, 0, 0, 1, 1, 1]
-    assert d.val.images[4, 0, 0, 0] == 41
+    assert d.test.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert d.test.images[4, 0, 0, 0] == 41
 
 
 @pytest.mark.slow
 @pytest.mark.needs_data
 def test_cifar_folder_loads_all_60k_images():
     d = data.build(source="image_folder", root=str(CIFAR_FOLDER), num_classes=10, in_channels=3, image_size=32)
-    assert (d.train.num_examples, d.val.num_examples) == (50_000, 10_000)
+    assert (d.train.num_examples, d.test.num_examples) == (50_000, 10_000)
     assert torch.bincount(d.train.labels).tolist() == [5000] * 10
 
 

@@ -60,7 +60,9 @@ def assert_same_weights(a: Path, b: Path) -> None:
 
 
 def epochs(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    """The per-epoch records of metrics.jsonl (the last line holds the test scores)."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in records if "train_loss" in r]
 
 
 # ------------------------------------------------------------------------ torchrun = one process, bigger batch

@@ -1,7 +1,9 @@
 """Bad input through the real command line: ``python train.py ...`` prints one line on stderr saying what is
 wrong and what is allowed, exits 2, shows no traceback, and overwrites nothing. The processes of each group
 run side by side (each pays for importing torch), then every case is checked on its own."""
+import math
 import os
+import struct
 import subprocess
 import sys
 
@@ -95,13 +97,38 @@ def test_hydra_composition_errors_become_one_line(override, message):
 CHECKPOINT_CASES = {
     "truncated": ([], ["truncated.pt is not a readable checkpoint", "delete it or resume from another file"]),
     "random": ([], ["random.pt is not a readable checkpoint"]),
-    "old_format": ([], ["old_format.pt has checkpoint format 0, this version reads 1", "start a new run"]),
+    "old_format": ([], ["old_format.pt has checkpoint format 0, this version reads 2", "start a new run"]),
+    "code": ([], ["code.pt needs code to load (posix.system), refused unread", "load only files you trust"]),
+    "nan_bit_flip": ([], ["nan_bit_flip.pt fails its checksum", "resume from another checkpoint"]),
+    "zeroed_block": ([], ["zeroed_block.pt fails its checksum"]),
+    "non_finite": ([], ["non_finite.pt holds non-finite weights (NaN or inf in 'layers.0.0.weight')"]),
+    "no_accumulators": ([], ["no_accumulators.pt lacks accumulators; it is incomplete"]),
     "other_model": (["model=cnn"], ["holds a different model", "resume with the config that wrote it"]),
     "other_optimizer": (["optimizer=adam"], ["was written with optimizer._target_='optimizers.SGD', "
                                              "this run has 'optimizers.Adam'; resume with the config that wrote it"]),
     "missing": ([], ["missing.pt' is invalid: allowed null, auto, or the path of an existing checkpoint file"]),
 }
-THROUGH_CLI = ("truncated", "other_model")  # refused on loading, and after the model is built; all in-process too
+THROUGH_CLI = ("truncated", "other_model", "code", "nan_bit_flip", "zeroed_block")  # all in-process too
+
+
+class RunsCode:
+    """Unpickling this runs ``touch <marker>``: a checkpoint that executes code when loaded."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def overwrite_weight_bytes(good, dest, make_bytes):
+    """``good`` with the first 16 floats of its first weight replaced on disk by ``make_bytes(64)``: a disk
+    error inside the payload, where torch.load does not look."""
+    state = torch.load(good, weights_only=True)
+    first = next(iter(state["model"].values())).reshape(-1)[:16].numpy().tobytes()
+    raw = good.read_bytes()
+    at = raw.index(first)
+    dest.write_bytes(raw[:at] + make_bytes(len(first)) + raw[at + len(first):])
 
 
 @pytest.fixture(scope="module")
@@ -113,11 +140,25 @@ def bad_checkpoints(tmp_path_factory):
     good = tmp / "good" / "checkpoints" / "last.pt"
     (tmp / "truncated.pt").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     (tmp / "random.pt").write_bytes(os.urandom(4096))
-    torch.save({**torch.load(good, weights_only=False), "format_version": 0}, tmp / "old_format.pt")
+    torch.save({**torch.load(good, weights_only=True), "format_version": 0}, tmp / "old_format.pt")
+    torch.save({**torch.load(good, weights_only=True), "payload": RunsCode(tmp / "code_ran")}, tmp / "code.pt")
+    overwrite_weight_bytes(good, tmp / "nan_bit_flip.pt", lambda n: struct.pack("<f", math.nan) + bytes(n - 4))
+    overwrite_weight_bytes(good, tmp / "zeroed_block.pt", bytes)
+    state = checkpoint.load(good)
+    state["model"]["layers.0.0.weight"][0, 0] = math.inf
+    save_with_checksum(state, tmp / "non_finite.pt")  # a diverged model, written whole
+    state = checkpoint.load(good)
+    del state["accumulators"]
+    save_with_checksum(state, tmp / "no_accumulators.pt")
     for name in CHECKPOINT_CASES:
         (tmp / name / "checkpoints").mkdir(parents=True)
         (tmp / name / "checkpoints" / "last.pt").write_bytes(good.read_bytes())
     return tmp, {name: good if name.startswith("other") else tmp / f"{name}.pt" for name in CHECKPOINT_CASES}
+
+
+def save_with_checksum(state, path):
+    checkpoint.save(state, path.parent / "scratch")
+    (path.parent / "scratch" / "last.pt").rename(path)
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +171,7 @@ def checkpoint_runs(bad_checkpoints):
 
 
 def assert_nothing_overwritten(tmp, case, before):
+    assert not (tmp / "code_ran").exists()  # the payload never ran
     assert sorted(p.name for p in (tmp / case / "checkpoints").iterdir()) == ["last.pt"]
     for path, content in before.items():
         assert path.read_bytes() == content, path
@@ -161,3 +203,23 @@ def validate_and_train(cfg, run_dir):
     """What train.py's main does."""
     validate(cfg)
     return train(cfg, run_dir)
+
+
+@pytest.mark.needs_data
+@pytest.mark.parametrize("tool", ["landscape", "hessian", "lr_finder"])
+def test_analysis_tools_refuse_a_checkpoint_that_runs_code(bad_checkpoints, tool, tmp_path):
+    tmp, files = bad_checkpoints
+    result = subprocess.run([sys.executable, "-m", f"analysis.{tool}", f"checkpoint={files['code']}",
+                             f"data.root={DATA_ROOT}", f"hydra.run.dir={tmp_path}"], cwd=REPO, capture_output=True,
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert_one_line_error(result, "code.pt needs code to load (posix.system), refused unread")
+    assert not (tmp / "code_ran").exists()
+
+
+def test_out_of_memory_in_a_step_is_one_line(capsys):
+    with pytest.raises(SystemExit) as stopped, exit_on_user_error():
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB total)")
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert stopped.value.code == 2 and line.startswith("error: out of memory (CUDA out of memory. Tried to allocate")
+    assert line.endswith("lower data.batch_size (or data.eval_batch_size), or use a smaller model or "
+                         "trainer.precision=bf16")

@@ -28,8 +28,8 @@ def meta_params() -> list[nn.Parameter]:
     return [nn.Parameter(torch.empty(s, device=META)) for s in [(4, 3), (4,), (5, 2, 3, 3), ()]]
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("grads", ["all", "none"])
+@pytest.mark.parametrize("mode", [m for m in MODES if m != "autoclip"])  # autoclip: torch.nanquantile reads a size
+@pytest.mark.parametrize("grads", ["all", "none"])                   # on the host (.item()), so not on meta
 def test_clipping_answers_on_the_parameters_device(mode, grads):
     params = meta_params()
     for p in params if grads == "all" else []:

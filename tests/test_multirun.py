@@ -12,7 +12,8 @@ pytestmark = pytest.mark.needs_data
 
 def test_multirun_gives_every_combination_its_own_run(tmp_path):
     cmd = [sys.executable, "train.py", "-m", "optimizer=sgd,adam", "optimizer.lr=0.01,0.1",
-           f"data.root={DATA_ROOT}", "data.train_subset=256", "data.val_subset=128", "trainer.max_steps=2",
+           f"data.root={DATA_ROOT}", "data.train_subset=256", "data.val_subset=128",
+           "data.test_subset=128", "trainer.max_steps=2",
            "trainer.sanity=skip", "trainer.device=cpu", f"hydra.sweep.dir={tmp_path}"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -32,6 +32,8 @@ CASES = {
     **{f"scheduler={name}": ("optimizer=momentum", f"scheduler={name}", *extra) for name, extra in SCHEDULES.items()},
     "fp16": ("optimizer=momentum", "trainer.precision=fp16"),
     "dropout+augmentation": ("model.dropout=0.3", "data.crop_padding=2", "optimizer=adam"),
+    "autoclip": ("optimizer=momentum", "trainer.clip.mode=autoclip", "trainer.clip.percentile=25",
+                 "trainer.clip.window=4"),  # the window spans the pause: the norm history must carry over
 }
 NOT_COMPARED = {"config", "train_seconds"}  # the resumed run's config names its resume path; wall time
 

@@ -36,7 +36,7 @@ def synthetic(monkeypatch):
             return ((templates[labels] + noise) // 2).to(torch.uint8), labels
 
         monkeypatch.setitem(SOURCES, "synthetic", load)
-        return (f"data={dataset}", "data.source=synthetic")
+        return (f"data={dataset}", "data.source=synthetic", "data.val_split=0")  # held-out batches from its test part
     return source
 
 

@@ -37,7 +37,8 @@ def test_compare_draws_the_lr_curves_beside_the_accuracy(tmp_path):
     sweep_dir = tmp_path / "multirun"
     done = subprocess.run([sys.executable, "train.py", "-m", "experiment=schedule_comparison",
                            "+schedule=constant,onecycle", "data.train_subset=640", "data.val_subset=256",
-                           "data.batch_size=64", "trainer.epochs=2", "trainer.sanity=skip", "trainer.device=cpu",
+                           "data.test_subset=256", "data.batch_size=64", "trainer.epochs=2", "trainer.sanity=skip",
+                           "trainer.device=cpu",
                            "logger.log_every_n_steps=1", "trainer.progress_bar=false", f"data.root={DATA_ROOT}",
                            f"hydra.sweep.dir={sweep_dir}"],
                           cwd=REPO, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -21,14 +21,16 @@ def tags(run_dir):
 def test_smoke_run_writes_every_output(cfg, tmp_path):
     summary = train(cfg("trainer.max_steps=2", "logger.log_every_n_steps=1"), tmp_path)
     assert summary["global_step"] == 2 and summary["finished"]
-    (record,) = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    record, test = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert set(record) >= {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time"}
+    assert set(test) >= {"epoch", "test_loss", "test_acc", "test_loss_last", "test_acc_last"}
     saved = json.loads((tmp_path / "summary.json").read_text())
-    assert set(saved) >= {"params", "best_val_acc", "final_val_acc", "epochs", "wall_time", "train_images_per_sec"}
+    assert set(saved) >= {"params", "best_val_acc", "final_val_acc", "test_acc", "epochs", "wall_time",
+                          "train_images_per_sec"}
     assert (tmp_path / "checkpoints" / "last.pt").is_file() and (tmp_path / "checkpoints" / "best.pt").is_file()
     acc = tags(tmp_path)
     scalars = set(acc.Tags()["scalars"])
-    assert {"train/loss", "train/acc", "lr", "grad_norm", "val/loss", "val/acc"} <= scalars
+    assert {"train/loss", "train/acc", "lr", "grad_norm", "val/loss", "val/acc", "test/acc", "test/acc_last"} <= scalars
     assert [e.step for e in acc.Scalars("train/loss")] == [0, 1]
 
 
@@ -42,7 +44,7 @@ def test_val_every_n_epochs_evaluates_every_nth_and_the_last_epoch(cfg, tmp_path
     records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records if "val_acc" in r] == [2, 4, 5]
     assert all("val_loss" not in r for r in records if r["epoch"] in (1, 3))
-    assert summary["final_val_acc"] == records[-1]["val_acc"]
+    assert summary["final_val_acc"] == records[-2]["val_acc"]
     assert summary["best_val_acc"] == max(r["val_acc"] for r in records if "val_acc" in r)
     assert [e.step for e in tags(tmp_path).Scalars("val/acc")] == [r["global_step"] for r in records if "val_acc" in r]
 
@@ -70,7 +72,7 @@ def test_resume_after_one_epoch_equals_two_straight(cfg, tmp_path, overrides):
     assert a["global_step"] == b["global_step"] == 2 * steps_per_epoch
     assert torch.equal(weights(a["model"]), weights(b["model"]))
     lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(l)["epoch"] for l in lines] == [1, 2]
+    assert [(json.loads(l)["epoch"], "test_acc" in l) for l in lines] == [(1, False), (2, False), (2, True)]
 
 
 def test_mid_epoch_checkpoint_resumes_exactly(cfg, tmp_path):
@@ -85,9 +87,10 @@ def test_mid_epoch_checkpoint_resumes_exactly(cfg, tmp_path):
     a = checkpoint.load(tmp_path / "straight" / "checkpoints" / "last.pt")
     b = checkpoint.load(tmp_path / "resumed" / "checkpoints" / "last.pt")
     assert torch.equal(weights(a["model"]), weights(b["model"]))
-    ma = json.loads((tmp_path / "straight" / "metrics.jsonl").read_text())
-    mb = json.loads((tmp_path / "resumed" / "metrics.jsonl").read_text())
-    assert ma["train_loss"] == mb["train_loss"] and ma["val_acc"] == mb["val_acc"]
+    ma = (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
+    mb = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    for key in ("train_loss", "val_acc", "test_acc"):  # epoch record, then the test record
+        assert [json.loads(l).get(key) for l in ma] == [json.loads(l).get(key) for l in mb]
 
 
 def test_foreign_and_torn_checkpoints_are_refused(cfg, tmp_path):

@@ -1,11 +1,18 @@
 """Checkpoints that survive crashes and refuse what does not belong to the run.
 
 A checkpoint is one dict: model, optimizer, scheduler and scaler state, counters, the best metric,
-every RNG state, and the resolved config. It is written to a temporary file and renamed into place
-(``utils.io.atomic_write``), so ``last.pt`` is always either the previous or the new checkpoint, also
-after a SIGKILL or a full disk; a failed write raises CheckpointError and leaves the previous one.
+every RNG state, and the resolved config: tensors and plain Python values only, so it is read with
+``torch.load(weights_only=True)`` and a file that would need to run code to load is refused unread.
+It carries the SHA-256 of its payload (``payload_digest``), checked on load, so a flipped bit or a
+zeroed block is refused rather than trained on. It is written to a temporary file and renamed into
+place (``utils.io.atomic_write``), so ``last.pt`` is always either the previous or the new checkpoint,
+also after a SIGKILL or a full disk; a failed write raises CheckpointError and leaves the previous one.
 """
+import hashlib
+import logging
 import os
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -13,11 +20,17 @@ import torch
 from utils.errors import UserError
 from utils.io import save_torch
 
-FORMAT_VERSION = 1
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 2  # 2: weights-only loadable (RNG states as lists), payload SHA-256
 REQUIRED = ("model", "optimizer", "scheduler", "scaler", "epoch", "step_in_epoch", "global_step", "rng",
-            "world_size")
-# What a resume may not change: what the weights mean, and which optimizer's state the checkpoint holds.
-MUST_MATCH = ("model._target_", "model.activation", "model.skip", "optimizer._target_", "optimizer.base._target_")
+            "world_size", "accumulators", "best_val_acc", "final_val_acc", "train_seconds", "train_images",
+            "skipped_steps")
+STEP_FILE = re.compile(r"step-(\d+)\.pt")
+# What a resume may not change: what the weights mean, which optimizer's state the checkpoint holds, and which
+# training images are held out for validation.
+MUST_MATCH = ("model._target_", "model.activation", "model.skip", "optimizer._target_", "optimizer.base._target_",
+              "data.val_split")
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -31,10 +44,11 @@ def save(state: dict, directory: Path, *, keep_last_k: int = 1, best: bool = Fal
         directory.mkdir(parents=True, exist_ok=True)
         for stale in directory.glob(".*.tmp"):  # left by a process killed mid-write; this run is the only writer
             stale.unlink(missing_ok=True)
-        save_torch({**state, "format_version": FORMAT_VERSION}, last)
+        payload = {**state, "format_version": FORMAT_VERSION}
+        save_torch({**payload, "sha256": payload_digest(payload)}, last)
         if keep_last_k > 1:
             _link_replace(last, directory / f"step-{state['global_step']:09d}.pt")
-            for old in sorted(directory.glob("step-*.pt"))[:-keep_last_k]:
+            for old in step_files(directory)[:-keep_last_k]:
                 old.unlink(missing_ok=True)
         if best:
             _link_replace(last, directory / "best.pt")
@@ -53,14 +67,58 @@ def _link_replace(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
+def payload_digest(state: dict) -> str:
+    """SHA-256 over the payload's structure and bytes: keys in order, each value's type, each tensor's
+    dtype, shape and raw bytes. The same for a state and its ``torch.save``/``torch.load`` round trip."""
+    digest = hashlib.sha256()
+    _feed(digest, state)
+    return digest.hexdigest()
+
+
+def _feed(digest, value) -> None:
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"tensor {tensor.dtype} {tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, dict):
+        digest.update(f"dict {len(value)};".encode())
+        for key, item in value.items():
+            _feed(digest, key)
+            _feed(digest, item)
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"{type(value).__name__} {len(value)};".encode())
+        for item in value:
+            _feed(digest, item)
+    else:
+        digest.update(f"{type(value).__name__} {value!r};".encode())
+
+
+def step_files(directory: Path) -> list[Path]:
+    """The ``step-N.pt`` files, oldest first by the step each file holds (names are only zero-padded to 9
+    digits, so name order breaks past step 999,999,999; a file that does not load sorts first)."""
+    return sorted((p for p in directory.glob("step-*.pt") if STEP_FILE.fullmatch(p.name)), key=_saved_step)
+
+
+def _saved_step(path: Path) -> int:
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+    except Exception:  # torn or foreign: never newer than a readable one
+        return -1
+
+
 def load(path: str | os.PathLike) -> dict:
-    """The checkpoint at ``path``, or a one-line CheckpointError: missing, torn, foreign or another format."""
+    """The checkpoint at ``path``, or a one-line CheckpointError: missing, torn, foreign, another format,
+    a payload that needs code to load, fails its checksum, or holds non-finite weights."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}; give trainer.resume=<path to a .pt file> or auto")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # torn, truncated or not a torch file at all
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torn, truncated, not a torch file at all, or one that needs code to load
+        needs = re.search(r"GLOBAL ([\w.]+)", str(e)) if isinstance(e, pickle.UnpicklingError) else None
+        if needs:
+            raise CheckpointError(f"{path} needs code to load ({needs.group(1)}), refused unread: a checkpoint "
+                                  f"holds only tensors and plain values; load only files you trust") from None
         reason = str(e).splitlines()[0][:120] if str(e).strip() else "no details"
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {reason}); "
                               f"delete it or resume from another file") from None
@@ -69,10 +127,19 @@ def load(path: str | os.PathLike) -> dict:
     if state["format_version"] != FORMAT_VERSION:
         raise CheckpointError(f"{path} has checkpoint format {state['format_version']}, this version reads "
                               f"{FORMAT_VERSION}; resume it with the version that wrote it, or start a new run")
+    if state.pop("sha256", None) != payload_digest(state):
+        raise CheckpointError(f"{path} fails its checksum (its payload changed after it was written: a disk or "
+                              f"copy error); resume from another checkpoint (checkpoints/step-N.pt, best.pt)")
     missing = [key for key in REQUIRED if key not in state]
     if missing:
         raise CheckpointError(f"{path} lacks {', '.join(missing)}; it is incomplete: resume from another file "
                               f"or start a new run")
+    if not isinstance(state["model"], dict) or not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
+        raise CheckpointError(f"{path} holds no model weights under 'model'; resume from another file")
+    bad = next((k for k, v in state["model"].items() if v.is_floating_point() and not v.isfinite().all()), None)
+    if bad is not None:
+        raise CheckpointError(f"{path} holds non-finite weights (NaN or inf in {bad!r}); resume from an earlier "
+                              f"checkpoint (checkpoints/step-N.pt) or start a new run")
     return state
 
 
@@ -103,6 +170,17 @@ def _select(tree: dict, dotted: str):
     return tree
 
 
-def find_last(directory: Path) -> Path | None:
-    last = directory / "last.pt"
-    return last if last.is_file() else None
+def find_latest(directory: Path) -> Path | None:
+    """The newest checkpoint in ``directory`` that loads whole (``last.pt`` or a ``step-N.pt``, newest by the
+    step it holds); the ones passed over are logged. None when there is no checkpoint at all."""
+    candidates = [p for p in [directory / "last.pt", *step_files(directory)] if p.is_file()]
+    for path in sorted(candidates, key=_saved_step, reverse=True):
+        try:
+            load(path)
+            return path
+        except CheckpointError as e:
+            log.warning("passing over %s", e)
+    if candidates:
+        raise CheckpointError(f"no checkpoint in {directory} loads (see the warnings above); resume from a copy "
+                              f"elsewhere with trainer.resume=<path>, or start anew in another hydra.run.dir")
+    return None

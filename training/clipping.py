@@ -17,6 +17,7 @@ from utils.errors import require
 class ClipResult:
     total_norm: torch.Tensor  # 0-dim: global L2 norm of all gradients before clipping
     clipped: torch.Tensor  # 0-dim bool: whether clipping changed any gradient
+    threshold: torch.Tensor | None = None  # 0-dim: the norm threshold autoclip chose this step (None otherwise)
 
 
 @torch.no_grad()
@@ -71,6 +72,7 @@ def _agc_(params: list[torch.Tensor], clip_factor: float, eps: float, device: to
 
 
 def _check(mode: str, max_value: float, agc_eps: float) -> None:
-    require(mode in MODES, "clip mode", mode, f"one of {', '.join(MODES)}")
+    stateless = tuple(m for m in MODES if m != "autoclip")  # autoclip keeps a norm history: training/autoclip.py
+    require(mode in stateless, "clip mode", mode, f"one of {', '.join(stateless)}")
     require(mode == "none" or max_value > 0, "clip max_value", max_value, f"a value > 0 with mode={mode!r}")
     require(mode != "agc" or agc_eps > 0, "agc_eps", agc_eps, "a value > 0")

@@ -5,6 +5,8 @@ Hyperparameters go into the same event file as the scalars (TensorBoard's HPARAM
 directory holds exactly one event file per (re)start.
 """
 import json
+import logging
+import math
 from pathlib import Path
 
 import torch
@@ -13,6 +15,8 @@ from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 from utils.errors import require
 from utils.io import atomic_write, save_json
+
+log = logging.getLogger(__name__)
 
 
 # TensorBoard's CUSTOM SCALARS tab: loss, accuracy and LR first, train and val in one chart; the per-layer
@@ -65,19 +69,26 @@ class RunLogger:
     def epoch(self, record: dict) -> None:
         if self.enabled:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(json.dumps(finite_or_null(record), allow_nan=False) + "\n")
 
     def truncate_epochs(self, keep_through_epoch: int) -> None:
-        """On resume: drop metric lines written after the checkpoint we resume from."""
+        """On resume: drop metric lines written after the checkpoint we resume from (the test scores, written after
+        the last checkpoint, included: the run's end writes them again), and any line that does not parse (a crash
+        or a full disk during the append tears the last one); say so when one is dropped."""
         path = self.run_dir / "metrics.jsonl"
         if not (self.enabled and path.exists()):
             return
-        lines = [l for l in path.read_text().splitlines() if l and json.loads(l)["epoch"] <= keep_through_epoch]
-        atomic_write(path, lambda f: f.write("".join(l + "\n" for l in lines)), mode="w")
+        lines = [(line, _parse(line)) for line in path.read_text(errors="replace").splitlines() if line.strip()]
+        torn = sum(record is None for _, record in lines)
+        if torn:
+            log.warning("%s: dropped %d line(s) that do not parse (torn by a crash or a full disk)", path, torn)
+        kept = [line for line, record in lines if record is not None and record["epoch"] <= keep_through_epoch
+                and "test_acc" not in record]
+        atomic_write(path, lambda f: f.write("".join(line + "\n" for line in kept)), mode="w")
 
     def summary(self, values: dict) -> None:
         if self.enabled:
-            save_json(values, self.run_dir / "summary.json")
+            save_json(finite_or_null(values), self.run_dir / "summary.json")
 
     def hparams(self, params: dict, metrics: dict) -> None:
         """Write the run's hyperparameters and final metrics into this run's event file."""
@@ -89,7 +100,25 @@ class RunLogger:
         for tag, value in metrics.items():
             self.writer.add_scalar(tag, value)
 
+    def flush(self) -> None:
+        if self.writer:
+            self.writer.flush()
+
     def close(self) -> None:
         if self.writer:
             self.writer.close()
             self.writer = None
+
+
+def finite_or_null(record: dict) -> dict:
+    """NaN and inf become null: JSON has no literal for them (``json.dumps`` would write invalid ``NaN``)."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
+
+
+def _parse(line: str) -> dict | None:
+    """One metrics.jsonl record, or None for a line that is not one (torn, or not JSON)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("epoch"), int) else None

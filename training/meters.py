@@ -4,6 +4,7 @@ Nothing here waits for the device except ``EpochTotals.mean`` and ``PendingSteps
 deliberate synchronisations (once per epoch, once per logging interval), and ``Stopwatch.stop`` (when the
 training clock stops: at the end of an epoch, a pause or a checkpoint).
 """
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -70,18 +71,21 @@ class EpochTotals:
 
 @dataclass
 class PendingSteps:
-    """Per-step numbers kept on the device until the next log: (step, lr, loss, accuracy, grad_norm, clipped)."""
+    """Per-step numbers kept on the device until the next log: (step, lr, loss, accuracy, grad_norm, clipped,
+    clip threshold (autoclip; nan otherwise))."""
     steps: list[tuple[int, float]] = field(default_factory=list)
     values: list[torch.Tensor] = field(default_factory=list)
 
     def add(self, step: int, lr: float, result: StepResult, correct: torch.Tensor) -> None:
         acc = correct.float() / len(result.labels)
         self.steps.append((step, lr))
+        threshold = result.clip_threshold if result.clip_threshold is not None else torch.full_like(acc, math.nan)
         self.values.append(torch.stack([result.loss.float(), acc, result.grad_norm.float(),
-                                        result.clipped.float()]))
+                                        result.clipped.float(), threshold.float()]))
 
-    def drain(self) -> list[tuple[int, float, float, float, float, float]]:
-        """(step, lr, loss, acc, grad_norm, clipped) per pending step, read in one synchronisation; then empty."""
+    def drain(self) -> list[tuple[int, float, float, float, float, float, float]]:
+        """(step, lr, loss, acc, grad_norm, clipped, clip threshold) per pending step, read in one
+        synchronisation; then empty."""
         if not self.steps:
             return []
         rows = torch.stack(self.values).tolist()

@@ -16,7 +16,6 @@ Only the process that writes (rank 0) observes: under DDP the gradients are alre
 """
 import json
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,8 +74,8 @@ class GradientMonitor:
                  "an integer >= 0 (0: off)")
         _require(isinstance(histograms_every_n_steps, int) and histograms_every_n_steps >= 0,
                  "histograms_every_n_steps", histograms_every_n_steps, "an integer >= 0 (0: off)")
-        _require(vanish_below >= 0, "vanish_below", vanish_below, "a number >= 0")
-        _require(explode_above > vanish_below, "explode_above", explode_above,
+        _require(_is_number(vanish_below) and vanish_below >= 0, "vanish_below", vanish_below, "a number >= 0")
+        _require(_is_number(explode_above) and explode_above > vanish_below, "explode_above", explode_above,
                  f"a number > monitor.vanish_below={vanish_below}")
         _require(isinstance(patience, int) and patience >= 1, "patience", patience, "an integer >= 1")
         self.logger, self.every_n_steps = logger, every_n_steps
@@ -168,6 +167,10 @@ class GradientMonitor:
                 log.warning("%s gradients in %d layer(s), norm %s monitor.%s=%g for %d observations in a row (one "
                             "every %d steps, the last at step %d): %s", what, len(reached), relation, key, limit,
                             self.patience, self.every_n_steps, step, ", ".join(reached))
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _require(ok: bool, key: str, value, allowed: str) -> None:

@@ -7,7 +7,7 @@ from utils.errors import require
 from utils.rules import BOOL, Rule, check_fields, integer, number, one_of, option
 
 PRECISIONS = ("fp32", "bf16", "fp16")  # training/precision.py
-CLIP_MODES = ("none", "norm", "value", "agc")  # training/clipping.py says what each does
+CLIP_MODES = ("none", "norm", "value", "agc", "autoclip")  # training/clipping.py, training/autoclip.py
 TTA_MODES = ("none", "flip", "flip_translate")  # training/tta.py
 CHECKS = ("data", "init_loss", "overfit", "gradient_flow", "loss_decrease")  # training/sanity.py
 
@@ -18,6 +18,8 @@ class TrainerOptions:
     max_steps: int | None = option(None, integer(1, nullable=True))  # stop after this many steps (None: epochs)
     clip_mode: str = option("none", one_of(*CLIP_MODES), key="clip.mode")
     clip_max: float = option(1.0, number(0, lo_open=True), key="clip.max")  # norm / value threshold, agc's lambda
+    clip_percentile: float = option(10.0, number(0, 100), key="clip.percentile")  # autoclip's p
+    clip_window: int | None = option(None, integer(1, nullable=True), key="clip.window")  # autoclip: last N norms
     label_smoothing: float = option(0.0, number(0, 1, hi_open=True))
     closure: str = option("per_batch", one_of("per_batch", "full_batch"))  # closure optimizers' batch
     on_nan: str = option("stop", one_of("stop", "skip"))

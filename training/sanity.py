@@ -98,10 +98,12 @@ def run_checks(model: nn.Module, recipe: Recipe, data: ImageData, **options) -> 
     """Run the chosen checks on copies of ``model``, trained as ``recipe`` says on ``data``'s batches."""
     opts = SanityOptions.parse(options)
     batch = _take(data.train, max(opts.overfit_samples, data.train.batch_size))
-    heldout = data.val.sample(opts.heldout_samples)
+    # Without a val split the held-out batch comes from the test set: a check, nothing is chosen on it.
+    heldout_set = data.val if data.val is not None else data.test
+    heldout = heldout_set.sample(opts.heldout_samples)
     run = {
         "data": lambda: check_data({"train": batch[0], "held-out": heldout[0]},
-                                   {"train": data.train.labels, "val": data.val.labels}, data.num_classes,
+                                   {"train": data.train.labels, "held-out": heldout_set.labels}, data.num_classes,
                                    stats_of="held-out", mean_tol=opts.data_mean_tol, std_tol=opts.data_std_tol),
         "init_loss": lambda: check_init_loss(model, recipe, batch, data.num_classes, factor=opts.init_loss_factor),
         "overfit": lambda: check_overfit(model, recipe, (batch[0][:opts.overfit_samples],

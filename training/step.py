@@ -9,11 +9,12 @@ The learning rate is the caller's business (the loop writes it before the step).
 device: the results are 0-dim tensors.
 """
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 
+from training.autoclip import AutoClip
 from training.clipping import ClipResult, clip_gradients
 from training.precision import Precision
 
@@ -27,18 +28,27 @@ class StepResult:
     labels: torch.Tensor  # (B,)
     grad_norm: torch.Tensor  # 0-dim: global L2 norm before clipping (nan for a skipped non-finite step)
     clipped: torch.Tensor  # 0-dim bool
+    clip_threshold: torch.Tensor | None = None  # 0-dim: autoclip's threshold this step (None for other modes)
 
 
 @dataclass(frozen=True)
 class GradientClip:
-    """Clipping of the trainable parameters' gradients (training/clipping.py), then an optional observer
+    """Clipping of the trainable parameters' gradients (training/clipping.py; ``autoclip``: training/autoclip.py,
+    whose norm history this object owns, so each GradientClip starts its own), then an optional observer
     (the gradient monitor) that sees the clipped gradients before the optimizer does."""
     mode: str = "none"
     max_value: float = 1.0
     observe: Callable[[], None] | None = None
+    percentile: float = 10.0
+    window: int | None = None
+    auto: AutoClip | None = field(init=False, default=None)
+
+    def __post_init__(self):
+        if self.mode == "autoclip":
+            object.__setattr__(self, "auto", AutoClip(self.percentile, self.window))
 
     def __call__(self, params: list[torch.Tensor]) -> ClipResult:
-        result = clip_gradients(params, self.mode, self.max_value)
+        result = self.auto(params) if self.auto is not None else clip_gradients(params, self.mode, self.max_value)
         if self.observe is not None:
             self.observe()
         return result
@@ -61,7 +71,7 @@ def train_step(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimiz
     clipped = clip(_trainable(model))
     precision.step(optimizer)
     optimizer.zero_grad(set_to_none=True)
-    return StepResult(loss.detach(), logits.detach(), y, clipped.total_norm, clipped.clipped)
+    return StepResult(loss.detach(), logits.detach(), y, clipped.total_norm, clipped.clipped, clipped.threshold)
 
 
 def closure_step(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer, precision: Precision,
@@ -86,7 +96,9 @@ def closure_step(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optim
 
     loss = optimizer.step(closure)
     logits, labels = first["logits"]
-    return StepResult(loss.detach(), logits, labels, first["clip"].total_norm, first["clip"].clipped)
+    clip_result = first["clip"]
+    return StepResult(loss.detach(), logits, labels, clip_result.total_norm, clip_result.clipped,
+                      clip_result.threshold)
 
 
 def needs_closure(optimizer: torch.optim.Optimizer) -> bool:

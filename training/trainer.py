@@ -60,7 +60,8 @@ class Trainer:
         self.forward_model = maybe_compile(wrap_model(model, self.dist, self.device), options.compile)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=options.label_smoothing)
         observe = (lambda: monitor.observe(model, self.global_step)) if monitor is not None else None
-        self.clip = GradientClip(options.clip_mode, options.clip_max, observe)
+        self.clip = GradientClip(options.clip_mode, options.clip_max, observe, options.clip_percentile,
+                                 options.clip_window)
         self.full_batch = needs_closure(optimizer) and options.closure == "full_batch"
         # Counters: epochs completed; position inside the current epoch; optimizer steps taken.
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
@@ -132,7 +133,10 @@ class Trainer:
         return bool(every) and step % every == 0 and self.step_in_epoch < len(self.data.train)
 
     def should_evaluate(self, epoch: int) -> bool:
-        """After every ``val_every_n_epochs``-th epoch (counted from 1) and after the last (by epochs or max_steps)."""
+        """After every ``val_every_n_epochs``-th epoch (counted from 1) and after the last (by epochs or max_steps);
+        never without a validation split."""
+        if self.data.val is None:
+            return False
         return epoch % self.options.val_every_n_epochs == 0 or epoch >= self.options.epochs or self.max_steps_reached()
 
     def max_steps_reached(self) -> bool:
@@ -164,11 +168,11 @@ class Trainer:
 
     def _log_steps(self) -> tuple | None:
         """Write the pending steps' numbers (one synchronisation), stopping on a non-finite loss unless
-        ``on_nan=skip``; returns the last step's row (step, lr, loss, acc, grad_norm, clipped)."""
+        ``on_nan=skip``; returns the last step's row (step, lr, loss, acc, grad_norm, clipped, clip threshold)."""
         rows = self.pending.drain()
         if self.monitor is not None:
             self.monitor.flush()
-        for step, lr, loss, acc, norm, clipped in rows:
+        for step, lr, loss, acc, norm, clipped, threshold in rows:
             if not math.isfinite(loss):
                 if self.options.on_nan == "stop":
                     raise DivergenceError(
@@ -179,6 +183,8 @@ class Trainer:
             self.last_finite_loss = loss
             self.logger.scalars({"train/loss": loss, "train/acc": acc, "lr": lr, "grad_norm": norm,
                                  "clip/fired": clipped}, step)
+            if self.clip.auto is not None:
+                self.logger.scalars({"clip/threshold": threshold}, step)
         if rows and self.precision.uses_scaler:
             self.skipped_steps += sum(not math.isfinite(row[4]) for row in rows)
             self.logger.scalars({"amp/loss_scale": self.precision.scale(),
@@ -202,7 +208,8 @@ class Trainer:
             self.stop_signal = max_over_ranks(self.stop_signal or 0, self.dist, self.device) or None
 
     def _request_stop(self, signum: int) -> None:
-        self.stop_signal = signum
+        if self.stop_signal is None:  # a repeated signal changes nothing: the first one is reported
+            self.stop_signal = signum
 
     def _pause(self) -> dict:
         """Checkpoint here; raise Interrupted after a signal, else return the unfinished run's summary."""
@@ -230,16 +237,38 @@ class Trainer:
         self.save_checkpoint(best=improved)
 
     def _finish(self) -> dict:
-        summary = self.summary(finished=True)
-        self.logger.hparams(self.config.get("hparams", {}), {"hparam/best_val_acc": summary["best_val_acc"],
-                                                             "hparam/final_val_acc": summary["final_val_acc"]})
+        test = self._test()
+        self.logger.epoch({"epoch": self.epoch, **test})
+        self.logger.scalars({f"test/{k[5:]}": v for k, v in test.items() if isinstance(v, float)}, self.global_step)
+        summary = {**self.summary(finished=True), **test}
+        self.logger.hparams(self.config.get("hparams", {}),
+                            {f"hparam/{k}": summary[k] for k in ("best_val_acc", "final_val_acc", "test_acc")
+                             if summary[k] is not None})
         self.logger.summary(summary)
         return summary
+
+    def _test(self) -> dict:
+        """The test set, evaluated once, at the end: the last weights, and best.pt's (chosen on val) when they
+        differ. ``test_acc`` is the selected weights' score: best.pt's, or the last weights' without a val split."""
+        scores = self.evaluate(self.data.test)
+        last = {"test_loss_last": scores["loss"], "test_acc_last": scores["acc"]}
+        if self.data.val is None:
+            return {"test_loss": scores["loss"], "test_acc": scores["acc"], **last, "selected_on": "nothing: "
+                    "data.val_split=0, the test set scores the last weights and nothing was chosen on it"}
+        best = checkpoint.load(self.run_dir / "checkpoints" / "best.pt")  # rank 0 wrote it before evaluate's sync
+        if best["global_step"] != self.global_step:
+            weights = self.model.state_dict()
+            self.model.load_state_dict(best["model"])
+            scores = self.evaluate(self.data.test)
+            self.model.load_state_dict(weights)
+        return {"test_loss": scores["loss"], "test_acc": scores["acc"], **last, "best_epoch": best["epoch"],
+                "selected_on": f"val: best.pt has the best val_acc of {self.data.val.num_examples} held-out "
+                               f"training images"}
 
     # ------------------------------------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate(self, loader=None) -> dict[str, float]:
-        """``{"loss", "acc"}``: mean loss and accuracy over ``loader`` (default: validation; all ranks' shares
+        """``{"loss", "acc"}``: mean loss and accuracy over ``loader`` (default: val; all ranks' shares
         summed), no augmentation but ``tta``'s. Runs the unwrapped model: weights are identical on every rank,
         and DDP's forward would sync buffers."""
         loader = loader or self.data.val
@@ -256,7 +285,8 @@ class Trainer:
         return {"loss": loss_sum / count, "acc": correct / count}
 
     def summary(self, finished: bool) -> dict:
-        return {"params": sum(p.numel() for p in self.model.parameters()), "best_val_acc": self.best_val_acc,
+        return {"params": sum(p.numel() for p in self.model.parameters()),
+                "best_val_acc": None if self.data.val is None else self.best_val_acc,
                 "final_val_acc": self.final_val_acc, "epochs": self.epoch,
                 "global_step": self.global_step, "finished": finished, "wall_time": self.stopwatch.total,
                 "train_images_per_sec": self.train_images / self.stopwatch.total if self.stopwatch.total else None}
@@ -269,7 +299,8 @@ class Trainer:
                 "best_val_acc": self.best_val_acc, "final_val_acc": self.final_val_acc,
                 "train_seconds": self.stopwatch.total, "train_images": self.train_images,
                 "skipped_steps": self.skipped_steps, "accumulators": self.totals.state(),
-                "rng": rng_state(), "world_size": self.dist.world_size, "config": self.config}
+                "rng": rng_state(), "world_size": self.dist.world_size, "config": self.config,
+                "autoclip": self.clip.auto.state_dict() if self.clip.auto is not None else None}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -281,6 +312,8 @@ class Trainer:
         self.stopwatch, self.train_images = Stopwatch(state["train_seconds"], self.device), state["train_images"]
         self.skipped_steps = state["skipped_steps"]
         self.totals = EpochTotals(self.device, state["accumulators"])
+        if self.clip.auto is not None and state.get("autoclip") is not None:
+            self.clip.auto.load_state_dict(state["autoclip"])
         set_rng_state(state["rng"])
 
     def save_checkpoint(self, best: bool = False) -> None:

@@ -29,10 +29,12 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 
 def rng_state() -> dict:
-    """Every global RNG's state, as plain objects torch.save can write: python, numpy, torch's CPU generator and,
-    once this process has used CUDA, its current GPU's (the one this process trains on: see
-    ``training.distributed.setup``)."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every global RNG's state as tensors, tuples, lists and numbers, what ``torch.load(weights_only=True)``
+    reads back (numpy's key array becomes a list of ints): python, numpy, torch's CPU generator and, once this
+    process has used CUDA, its current GPU's (the one this process trains on: see ``training.distributed.setup``)."""
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": (kind, key.tolist(), pos, has_gauss, gauss),
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state(torch.cuda.current_device())
     return state
@@ -43,7 +45,8 @@ def set_rng_state(state: dict) -> None:
     or this process sees (none: it is dropped). Older checkpoints hold a list, one state per GPU visible then;
     its first is the GPU of the process that saved it (rank 0, or a single process on cuda:0)."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, key, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(key, dtype=np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     cuda = state.get("cuda")
     if cuda is not None and torch.cuda.is_available():
