@@ -77,7 +77,9 @@ class Trainer:
     # ----------------------------------------------------------------------------------------- the loop
     def fit(self, stop_after_steps: int | None = None) -> dict:
         """Train to ``epochs`` (or ``max_steps``); ``stop_after_steps`` pauses early with a checkpoint."""
-        self.logger.open(purge_step=self.global_step)  # hides events a killed attempt logged past this step
+        # Events of the training so far sit at steps < global_step (see ``last_step``): hide what a killed attempt
+        # logged from here on (on a fresh start: everything an attempt killed before its first checkpoint logged)
+        self.logger.open(purge_step=self.global_step)
         self.logger.truncate_epochs(self.epoch)  # and its metric lines (also on a fresh start)
         try:
             with stop_signals_to(self._request_stop):
@@ -142,6 +144,14 @@ class Trainer:
             return False
         return epoch % self.options.val_every_n_epochs == 0 or epoch >= self.options.epochs or self.max_steps_reached()
 
+    @property
+    def last_step(self) -> int:
+        """The index of the last step taken (the first step is 0): where the numbers that follow it are logged
+        (the loss scale after it, the epoch's totals and scores), so a checkpoint after it covers every event at
+        steps < ``global_step``, and a resume purges exactly what a killed attempt logged after the checkpoint.
+        The run's end (test scores) is logged at ``global_step``: a resume, even of a finished run, redoes it."""
+        return self.global_step - 1
+
     def max_steps_reached(self) -> bool:
         return self.options.max_steps is not None and self.global_step >= self.options.max_steps
 
@@ -191,7 +201,7 @@ class Trainer:
         if rows and self.precision.uses_scaler:
             self.skipped_steps += sum(not math.isfinite(row[4]) for row in rows)
             self.logger.scalars({"amp/loss_scale": self.precision.scale(),
-                                 "amp/skipped_steps": self.skipped_steps}, self.global_step)
+                                 "amp/skipped_steps": self.skipped_steps}, self.last_step)
         return rows[-1] if rows else None
 
     def _progress_bar(self) -> tqdm:
@@ -236,7 +246,7 @@ class Trainer:
         if val is not None:
             scalars.update({"val/loss": val["loss"], "val/acc": val["acc"]})
             self.best_val_acc, self.final_val_acc = max(self.best_val_acc, val["acc"]), val["acc"]
-        self.logger.scalars(scalars, self.global_step)
+        self.logger.scalars(scalars, self.last_step)
         self.save_checkpoint(best=improved)
 
     def _finish(self) -> dict:
@@ -246,7 +256,7 @@ class Trainer:
         summary = {**self.summary(finished=True), **test}
         self.logger.hparams(self.config.get("hparams", {}),
                             {f"hparam/{k}": summary[k] for k in ("best_val_acc", "final_val_acc", "test_acc")
-                             if summary[k] is not None})
+                             if summary[k] is not None}, self.global_step)
         self.logger.summary(summary)
         return summary
 
@@ -320,6 +330,7 @@ class Trainer:
         set_rng_state(state["rng"])
 
     def save_checkpoint(self, best: bool = False) -> None:
+        self.logger.flush()  # the events the checkpoint covers reach the disk before it: a SIGKILL loses none
         if self.dist.is_main:
             checkpoint.save(self.state_dict(), self.run_dir / "checkpoints", keep_last_k=self.options.keep_last_k,
                             best=best)
