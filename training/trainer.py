@@ -22,13 +22,13 @@ from data import ImageData
 from training import checkpoint
 from training.compiling import maybe_compile
 from training.distributed import DistEnv, all_reduce_sum, broadcast_buffers, max_over_ranks, wrap_model
+from training.evaluation import predictions
 from training.logger import RunLogger
 from training.meters import EpochTotals, PendingSteps, Stopwatch
 from training.options import TrainerOptions
 from training.precision import Precision
 from training.signals import Interrupted, stop_signals_to
 from training.step import GradientClip, StepResult, closure_step, needs_closure, train_step
-from training.tta import test_time_logits
 from utils.seed import rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
@@ -286,15 +286,10 @@ class Trainer:
         and DDP's forward would sync buffers."""
         loader = loader or self.data.val
         broadcast_buffers(self.model, self.dist)
-        self.model.eval()
         totals = EpochTotals(self.device)
-        loader.set_epoch(0)
-        for x, y in loader:
-            with self.precision.autocast():
-                logits = test_time_logits(self.model, x, self.options.tta)  # (B, C)
-            totals.add(F.cross_entropy(logits.float(), y), (logits.argmax(1) == y).sum(), len(y))
+        for logits, y in predictions(self.model, loader, self.precision, self.options.tta):  # (B, C), (B,)
+            totals.add(F.cross_entropy(logits, y), (logits.argmax(1) == y).sum(), len(y))
         loss_sum, correct, count = all_reduce_sum(totals.state(self.device), self.dist).tolist()
-        self.model.train()
         return {"loss": loss_sum / count, "acc": correct / count}
 
     def summary(self, finished: bool) -> dict:
