@@ -115,7 +115,7 @@ RULES: dict[str, Rule] = {
     "scheduler.step_size_epochs": _number(0),
     "scheduler.step_size_steps": _int(0),
     "scheduler.milestones": _list_of(_number(0)),
-    "scheduler.milestones_unit": _one_of("epoch", "step"),
+    "scheduler.milestones_unit": _one_of("epoch", "step", "fraction"),
     "scheduler.min_lr": _number(0),
     "scheduler.power": _number(0, lo_open=True),
     "scheduler.pct_start": _number(0, 1, lo_open=True, hi_open=True),
