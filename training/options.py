@@ -7,6 +7,7 @@ from utils.rules import BOOL, check_fields, integer, number, one_of, option
 
 CLIP_MODES = ("none", "norm", "value", "agc", "autoclip")  # training/clipping.py, training/autoclip.py
 TTA_MODES = ("none", "flip", "flip_translate")  # training/tta.py
+EMA_WARMUPS = ("ramp", "cubic", "none")  # training/ema.py
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,10 @@ class TrainerOptions:
     tta: str = option("none", one_of(*TTA_MODES))
     val_every_n_epochs: int = option(1, integer(1))
     compile: bool = option(False, BOOL)
+    ema_decay: float | None = option(None, number(0, 1, hi_open=True, nullable=True), key="ema.decay")  # 0/None: off
+    ema_every: int = option(1, integer(1), key="ema.every")  # update the EMA every N optimizer steps
+    ema_warmup: str = option("ramp", one_of(*EMA_WARMUPS), key="ema.warmup")
+    ema_lookahead: bool = option(False, BOOL, key="ema.lookahead")  # reset the trained weights to the EMA
 
     def __post_init__(self):
         check_fields(self, "trainer")

@@ -1,10 +1,11 @@
 """The Trainer: one visible loop of epochs of steps, in nanoGPT's shape.
 
 Each pass of ``fit``'s inner loop, top to bottom:
-    lr = schedule(global_step) -> train_step (training/step.py) -> count it -> every ``log_every_n_steps``: log
-    (one device synchronisation) -> pause if asked (a signal, ``stop_after_steps``) -> checkpoint if due
-    -> stop at ``max_steps``
-and after each epoch: the epoch's training totals -> evaluate if due -> record the epoch and checkpoint it.
+    lr = schedule(global_step) -> train_step (training/step.py) -> count it -> update the weight EMA if due
+    (training/ema.py) -> every ``log_every_n_steps``: log (one device synchronisation) -> pause if asked (a signal,
+    ``stop_after_steps``) -> checkpoint if due -> stop at ``max_steps``
+and after each epoch: the epoch's training totals -> evaluate if due (the EMA's weights too) -> record the epoch
+and checkpoint it.
 Decisions (``should_*``) are pure checks of the counters; every action is a call in the loop. Closure optimizers
 (L-BFGS) step once per batch (``closure=per_batch``) or once per epoch on the whole set (``full_batch``).
 """
@@ -22,6 +23,7 @@ from data import ImageData
 from training import checkpoint
 from training.compiling import maybe_compile
 from training.distributed import DistEnv, all_reduce_sum, broadcast_buffers, max_over_ranks, wrap_model
+from training.ema import WeightEMA
 from training.evaluation import predictions
 from training.logger import RunLogger
 from training.meters import EpochTotals, PendingSteps, Stopwatch
@@ -61,6 +63,9 @@ class Trainer:
         observe = (lambda: monitor.observe(model, self.global_step)) if monitor is not None else None
         self.clip = GradientClip(options.clip_mode, options.clip_max, observe, options.clip_percentile,
                                  options.clip_window)
+        self.ema = None if not options.ema_decay else WeightEMA(
+            model, decay=options.ema_decay, every=options.ema_every, warmup=options.ema_warmup,
+            lookahead=options.ema_lookahead, total_steps=scheduler.total_steps)
         self.full_batch = needs_closure(optimizer) and options.closure == "full_batch"
         # Counters: epochs completed; position inside the current epoch; optimizer steps taken.
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
@@ -95,6 +100,8 @@ class Trainer:
                     for x, y in self._batches():
                         self.scheduler.step_update(self.global_step)  # this step's LR, a pure function of it
                         self._count(self._step(x, y))
+                        if self.ema is not None:
+                            self.ema.step(self.model, self.global_step)
                         bar.update(1)
                         if self.should_log(self.global_step):
                             self._show(bar, self._log_steps())
@@ -116,7 +123,8 @@ class Trainer:
                     bar.close()
                     train = self.totals.mean(self.dist)
                     self.totals = EpochTotals(self.device)
-                    self._end_epoch(train, self.evaluate() if self.should_evaluate(self.epoch + 1) else None)
+                    val = self.evaluate() if self.should_evaluate(self.epoch + 1) else None
+                    self._end_epoch(train, val, self._evaluate_ema() if val is not None else None)
                 return self._finish()
         finally:
             self.logger.close()
@@ -231,11 +239,14 @@ class Trainer:
             raise Interrupted(self.stop_signal, self.global_step, self.run_dir)
         return self.summary(finished=False)
 
-    def _end_epoch(self, train: dict, val: dict | None) -> None:
-        """Record the epoch (val_loss, val_acc only when ``val`` was measured) and checkpoint it."""
+    def _end_epoch(self, train: dict, val: dict | None, val_ema: dict | None = None) -> None:
+        """Record the epoch (val_loss, val_acc only when ``val`` was measured; val_ema_* the EMA's) and
+        checkpoint it."""
         self.epoch += 1
         self.step_in_epoch = 0
         scores = {} if val is None else {"val_loss": val["loss"], "val_acc": val["acc"]}
+        if val_ema is not None:
+            scores.update({"val_ema_loss": val_ema["loss"], "val_ema_acc": val_ema["acc"]})
         seconds = self.stopwatch.epoch
         self.logger.epoch({"epoch": self.epoch, **train, **scores, "lr": self.optimizer.param_groups[0]["lr"],
                            "epoch_time": seconds, "global_step": self.global_step})
@@ -246,6 +257,8 @@ class Trainer:
         if val is not None:
             scalars.update({"val/loss": val["loss"], "val/acc": val["acc"]})
             self.best_val_acc, self.final_val_acc = max(self.best_val_acc, val["acc"]), val["acc"]
+        if val_ema is not None:
+            scalars.update({"val_ema/loss": val_ema["loss"], "val_ema/acc": val_ema["acc"]})
         self.logger.scalars(scalars, self.last_step)
         self.save_checkpoint(best=improved)
 
@@ -265,6 +278,9 @@ class Trainer:
         differ. ``test_acc`` is the selected weights' score: best.pt's, or the last weights' without a val split."""
         scores = self.evaluate(self.data.test)
         last = {"test_loss_last": scores["loss"], "test_acc_last": scores["acc"]}
+        if self.ema is not None:
+            ema = self._evaluate_ema(self.data.test)
+            last.update({"test_loss_ema": ema["loss"], "test_acc_ema": ema["acc"]})
         if self.data.val is None:
             return {"test_loss": scores["loss"], "test_acc": scores["acc"], **last, "selected_on": "nothing: "
                     "data.val_split=0, the test set scores the last weights and nothing was chosen on it"}
@@ -280,17 +296,21 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------- evaluation
     @torch.no_grad()
-    def evaluate(self, loader=None) -> dict[str, float]:
-        """``{"loss", "acc"}``: mean loss and accuracy over ``loader`` (default: val; all ranks' shares
-        summed), no augmentation but ``tta``'s. Runs the unwrapped model: weights are identical on every rank,
-        and DDP's forward would sync buffers."""
-        loader = loader or self.data.val
-        broadcast_buffers(self.model, self.dist)
+    def evaluate(self, loader=None, model: nn.Module | None = None) -> dict[str, float]:
+        """``{"loss", "acc"}``: mean loss and accuracy of ``model`` (default: the trained one) over ``loader``
+        (default: val; all ranks' shares summed), no augmentation but ``tta``'s. Runs the unwrapped model:
+        weights are identical on every rank, and DDP's forward would sync buffers."""
+        loader, model = loader or self.data.val, model or self.model
+        broadcast_buffers(model, self.dist)
         totals = EpochTotals(self.device)
-        for logits, y in predictions(self.model, loader, self.precision, self.options.tta):  # (B, C), (B,)
+        for logits, y in predictions(model, loader, self.precision, self.options.tta):  # (B, C), (B,)
             totals.add(F.cross_entropy(logits, y), (logits.argmax(1) == y).sum(), len(y))
         loss_sum, correct, count = all_reduce_sum(totals.state(self.device), self.dist).tolist()
         return {"loss": loss_sum / count, "acc": correct / count}
+
+    def _evaluate_ema(self, loader=None) -> dict[str, float] | None:
+        """The EMA's weights scored like the trained ones (None without an EMA)."""
+        return None if self.ema is None else self.evaluate(loader, self.ema.module)
 
     def summary(self, finished: bool) -> dict:
         return {"params": sum(p.numel() for p in self.model.parameters()),
@@ -308,7 +328,8 @@ class Trainer:
                 "train_seconds": self.stopwatch.total, "train_images": self.train_images,
                 "skipped_steps": self.skipped_steps, "accumulators": self.totals.state(),
                 "rng": rng_state(), "world_size": self.dist.world_size, "config": self.config,
-                "autoclip": self.clip.auto.state_dict() if self.clip.auto is not None else None}
+                "autoclip": self.clip.auto.state_dict() if self.clip.auto is not None else None,
+                "ema": self.ema.state_dict() if self.ema is not None else None}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -322,6 +343,12 @@ class Trainer:
         self.totals = EpochTotals(self.device, state["accumulators"])
         if self.clip.auto is not None and state.get("autoclip") is not None:
             self.clip.auto.load_state_dict(state["autoclip"])
+        if self.ema is not None:
+            if state.get("ema") is None:
+                raise checkpoint.CheckpointError(
+                    "the checkpoint holds no weight EMA, but trainer.ema.decay is set: resume with "
+                    "trainer.ema.decay=null, or start a new run")
+            self.ema.load_state_dict(state["ema"])
         set_rng_state(state["rng"])
 
     def save_checkpoint(self, best: bool = False) -> None:
