@@ -43,7 +43,8 @@ def trainer_options(t: DictConfig, progress_bar: bool) -> TrainerOptions:
         clip_percentile=t.clip.percentile, clip_window=t.clip.window,
         label_smoothing=t.label_smoothing, closure=t.closure, on_nan=t.on_nan,
         checkpoint_every_n_steps=t.checkpoint_every_n_steps, keep_last_k=t.keep_last_k, progress_bar=progress_bar,
-        tta=t.tta, val_every_n_epochs=t.val_every_n_epochs, compile=t.compile)
+        tta=t.tta, val_every_n_epochs=t.val_every_n_epochs, compile=t.compile,
+        ema_decay=t.ema.decay, ema_every=t.ema.every, ema_warmup=t.ema.warmup, ema_lookahead=t.ema.lookahead)
 
 
 def build_trainer(cfg: DictConfig, run_dir: str | Path) -> Trainer:

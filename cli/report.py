@@ -61,7 +61,7 @@ def closing_block(run_dir: Path, summary: dict) -> str:
     trained, how to look at it."""
     rows = [("run directory", str(run_dir)),
             ("val acc", f"best {_acc(summary.get('best_val_acc'))}, final {_acc(summary.get('final_val_acc'))} "
-                        f"({summary.get('epochs')} epochs, {summary.get('global_step')} steps)"),
+                        f"({_count(summary.get('epochs'), 'epoch')}, {_count(summary.get('global_step'), 'step')})"),
             ("test acc", _test_scores(summary)),
             ("train time", f"{_duration(summary.get('wall_time'))} of training steps, "
                            f"{_duration(summary.get('process_time'))} in all"),
@@ -150,6 +150,10 @@ def _test_scores(summary: dict) -> str:
     if summary.get("best_epoch") is None:  # no validation split: the last weights were tested
         return f"{_acc(summary.get('test_acc'))} (last weights; data.val_split=0, nothing chosen)"
     return f"{_acc(summary.get('test_acc'))} (best.pt), {_acc(summary.get('test_acc_last'))} (last weights)"
+
+
+def _count(n, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _acc(value) -> str:

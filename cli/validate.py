@@ -68,7 +68,7 @@ RULES: dict[str, Rule] = {
     "scheduler.step_size_epochs": number(0),
     "scheduler.step_size_steps": integer(0),
     "scheduler.milestones": list_of(number(0)),
-    "scheduler.milestones_unit": one_of("epoch", "step"),
+    "scheduler.milestones_unit": one_of("epoch", "step", "fraction"),
     "scheduler.min_lr": number(0),
     "scheduler.power": number(0, lo_open=True),
     "scheduler.pct_start": number(0, 1, lo_open=True, hi_open=True),

@@ -12,10 +12,16 @@ Two clocks, so that each shape means what recipes say:
   iterations too. Their first drop may not come before warmup ends.
 - annealing shapes (exponential, polynomial, cosine) read the time since warmup, s = t - W, over S = T - W: they start
   at η₀ when warmup ends and reach their end value at t = T (torch's LinearLR + SequentialLR layout).
-Steps past the end of the run hold the final value.
+Steps past the end of the run hold the final value. A milestone at or past the run's end is reported (a warning:
+that drop never happens); ``milestones_unit=fraction`` places milestones at fractions of the run, whatever its length.
+
+Resuming with another run length (``trainer.epochs``): a schedule whose LR does not depend on T (``LENGTH_FREE``:
+constant, step, multistep in epochs or steps, exponential) continues unchanged; one laid out over T (cosine,
+polynomial, one-cycle, fractional milestones) would be re-stretched and jump, so that resume is refused.
 
 The loop owns the step counter and calls ``step_update(step)`` before each update; no ``last_epoch`` to restore.
 """
+import logging
 import math
 from bisect import bisect_right
 from collections.abc import Sequence
@@ -24,8 +30,9 @@ import torch
 
 from utils.errors import ConfigError, require
 
+log = logging.getLogger(__name__)
 _WARMUP_MODES = ("linear", "constant")
-_UNITS = ("step", "epoch")
+_UNITS = ("step", "epoch", "fraction")
 _ANNEAL = ("cos", "linear")
 
 
@@ -88,13 +95,48 @@ class LRSchedule:
         saved = {"schedule": state["schedule"], **state["hparams"]}
         ours = {"schedule": type(self).__name__, **self.hparams}
         diff = {k: (saved.get(k), ours.get(k)) for k in saved.keys() | ours.keys() if saved.get(k) != ours.get(k)}
-        if diff:
+        if diff.keys() == {"total_steps"}:
+            self._check_new_length(state)
+        elif diff:
             raise ConfigError(f"scheduler state does not match this schedule; (saved, configured) per key: {diff}")
         _require(len(state["base_lrs"]) == len(self.base_lrs), "len(base_lrs)", len(state["base_lrs"]),
                  f"one base LR per param group ({len(self.base_lrs)})")
         self.base_lrs = [float(lr) for lr in state["base_lrs"]]
         for group, lr in zip(self.optimizer.param_groups, self.base_lrs):
             group["initial_lr"] = lr
+
+    def length_free(self) -> bool:
+        """Whether lr_at(t) is the same whatever ``total_steps`` is (below the end): then a run may go on longer."""
+        return False
+
+    def _check_new_length(self, state: dict) -> None:
+        """A resume under another run length: fine when the LR does not depend on it, else a ConfigError saying
+        how the LR would jump."""
+        saved_total, name = state["hparams"]["total_steps"], type(self).__name__
+        if self.length_free():
+            log.info("%s continues from its saved length of %d steps to %d: its LR does not depend on the run's "
+                     "length, so every step keeps the LR it had", name, saved_total, self.total_steps)
+            return
+        end = saved_total - 1  # the last step the saved run trained
+        ended = type(self)(self.optimizer, **state["hparams"]).lr_at(end)[0]
+        raise ConfigError(
+            f"the run's length changed from {saved_total} to {self.total_steps} steps (trainer.epochs or "
+            f"max_steps), and {name} lays its LR out over the length: re-stretched, the LR would jump from "
+            f"{ended:.3g} (step {end}) to {self.lr_at(saved_total)[0]:.3g} (step {saved_total}); to train these "
+            f"weights longer start a new run from them with trainer.init_from=<this checkpoint> (a fresh optimizer "
+            f"and schedule), or resume with the length it was saved with")
+
+    def _report_drops_past_end(self, key: str, value, drops: list[int], advice: str) -> None:
+        """Warn (one line) about LR drops at or past the run's end: they never happen."""
+        late = [d for d in drops if d >= self.total_steps]
+        if not late:
+            return
+        what = ("the LR never decays (the same as scheduler=constant)" if len(late) == len(drops) else
+                f"the drops at steps {late} never happen")
+        epochs = self.total_steps / self.steps_per_epoch
+        log.warning("scheduler.%s=%s is at or past the run's end (steps %s; the run has %d steps, %.3g epoch%s): %s; "
+                    "%s, or train longer (trainer.epochs)", key, value, drops, self.total_steps, epochs,
+                    "" if epochs == 1 else "s", what, advice)
 
     def _decayed(self, base_lr: float, t: int) -> float:
         raise NotImplementedError
@@ -108,11 +150,16 @@ class LRSchedule:
                  f"a value in [0, smallest base LR = {min(self.base_lrs)}]")
 
     def _to_steps(self, value: float, unit: str) -> int:
+        if unit == "fraction":
+            return round(value * self.total_steps)
         return round(value * self.steps_per_epoch) if unit == "epoch" else int(value)
 
 
 class ConstantSchedule(LRSchedule):
     """η = η₀ after warmup."""
+
+    def length_free(self) -> bool:
+        return True
 
     def _decayed(self, base_lr, t):
         return base_lr
@@ -135,13 +182,20 @@ class StepSchedule(LRSchedule):
         _require(self.period >= max(self.warmup_steps, 1), "step size in steps", self.period,
                  f">= 1 and >= warmup_steps={self.warmup_steps}")
         self.hparams.update(gamma=gamma, step_size_epochs=step_size_epochs, step_size_steps=step_size_steps)
+        key = "step_size_steps" if step_size_steps else "step_size_epochs"
+        self._report_drops_past_end(key, step_size_steps or step_size_epochs, [self.period],
+                                    "shorten it (scheduler=multistep takes milestones as fractions of the run)")
+
+    def length_free(self) -> bool:
+        return True
 
     def _decayed(self, base_lr, t):
         return base_lr * self.gamma ** (t // self.period)
 
 
 class MultiStepSchedule(LRSchedule):
-    """η = η₀ γ^k, k = number of milestones m_i <= t; milestones in ``milestones_unit`` (``epoch`` or ``step``).
+    """η = η₀ γ^k, k = number of milestones m_i <= t; milestones in ``milestones_unit``: ``epoch``, ``step``, or
+    ``fraction`` of the run's total steps T (m_i T rounded).
 
     Milestones are global iterations (epoch milestones are rounded to steps), strictly increasing, and the first is
     >= max(W, 1). ``**run``: ``steps_per_epoch``, ``total_steps`` and the warmup arguments of ``LRSchedule``.
@@ -153,6 +207,8 @@ class MultiStepSchedule(LRSchedule):
         _require(0 < gamma <= 1, "gamma", gamma, "a decay factor in (0, 1]")
         _require(milestones_unit in _UNITS, "milestones_unit", milestones_unit, f"one of {_UNITS}")
         milestones = list(milestones)
+        _require(milestones_unit != "fraction" or all(0 < m < 1 for m in milestones), "milestones", milestones,
+                 "fractions of the run in (0, 1) with milestones_unit=fraction")
         self.milestone_steps = [self._to_steps(m, milestones_unit) for m in milestones]
         steps = [max(self.warmup_steps, 1) - 1, *self.milestone_steps]
         _require(all(a < b for a, b in zip(steps, steps[1:])), "milestones", milestones,
@@ -160,6 +216,11 @@ class MultiStepSchedule(LRSchedule):
                  f"warmup_steps={self.warmup_steps})")
         self.gamma = gamma
         self.hparams.update(milestones=milestones, gamma=gamma, milestones_unit=milestones_unit)
+        self._report_drops_past_end("milestones", milestones, self.milestone_steps,
+                                    "lower them, give them as fractions of the run (scheduler.milestones_unit=fraction)")
+
+    def length_free(self) -> bool:
+        return self.hparams["milestones_unit"] != "fraction"
 
     def _decayed(self, base_lr, t):
         return base_lr * self.gamma ** bisect_right(self.milestone_steps, t)
@@ -176,6 +237,9 @@ class ExponentialSchedule(LRSchedule):
         _require(0 < gamma <= 1, "gamma", gamma, "a per-epoch decay factor in (0, 1]")
         self.gamma = gamma
         self.hparams.update(gamma=gamma)
+
+    def length_free(self) -> bool:
+        return True
 
     def _decayed(self, base_lr, t):
         return base_lr * self.gamma ** ((t - self.warmup_steps) / self.steps_per_epoch)

@@ -213,3 +213,50 @@ def test_a_failed_write_leaves_the_old_file(tmp_path):
     with pytest.raises(OSError, match="No space left"):
         atomic_write(path, fail_half_way, mode="w")
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def tensorboard_scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of the run as TensorBoard shows it (events a restart purged left out): tag -> [(step, value)]."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0}).Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def kill_when(proc: subprocess.Popen, last, wanted) -> dict:
+    """SIGKILL ``proc`` right after it writes a checkpoint for which ``wanted(state)`` holds: at each new
+    ``last.pt`` the process is stopped (SIGSTOP) while the file is read, so the kill lands at that checkpoint."""
+    seen = last.stat().st_mtime_ns if last.exists() else 0
+    while True:
+        assert wait_for(lambda: last.exists() and last.stat().st_mtime_ns != seen, proc), proc.communicate()
+        proc.send_signal(signal.SIGSTOP)
+        seen, state = last.stat().st_mtime_ns, checkpoint.load(last)
+        if wanted(state):
+            proc.kill()
+            proc.communicate(timeout=60)
+            return state
+        proc.send_signal(signal.SIGCONT)
+
+
+@pytest.mark.needs_data
+def test_sigkill_then_resume_keeps_every_tensorboard_scalar(tmp_path):
+    """A run killed just after its epoch-1 checkpoint, resumed, killed just after a mid-epoch checkpoint, resumed
+    to the end shows in TensorBoard, tag by tag and step by step, what a run that never stopped shows: the
+    checkpointed epoch's val/* and train/epoch_*, the loss scale at the mid-epoch checkpoint, nothing twice."""
+    tb = ("logger=tensorboard", "logger.log_every_n_steps=1", "monitor.every_n_steps=5", "trainer.precision=fp16",
+          "trainer.epochs=3", "trainer.checkpoint_every_n_steps=null")
+    reference = start(tmp_path / "reference", *tb)
+    run_dir = tmp_path / "killed"
+    last = run_dir / "checkpoints" / "last.pt"
+    epoch_end = kill_when(start(run_dir, *tb), last, lambda state: True)  # epoch ends only: step 16
+    mid_epoch = kill_when(start(run_dir, *tb, "trainer.checkpoint_every_n_steps=3"), last,
+                          lambda state: state["step_in_epoch"] > 0)
+    finish = start(run_dir, *tb)
+    assert finish.wait(timeout=240) == 0, finish.communicate()
+    assert reference.wait(timeout=240) == 0, reference.communicate()
+    assert (epoch_end["global_step"], epoch_end["step_in_epoch"]) == (16, 0)
+    assert 16 < mid_epoch["global_step"] < 48 and mid_epoch["global_step"] % 3 == 0
+    expected, shown = tensorboard_scalars(tmp_path / "reference"), tensorboard_scalars(run_dir)
+    assert {"val/acc", "train/epoch_loss", "amp/loss_scale", "grad_norm/head", "test/acc"} <= expected.keys()
+    assert shown.keys() == expected.keys()
+    for tag in expected:
+        assert shown[tag] == expected[tag], tag

@@ -124,7 +124,9 @@ def test_test_acc_scores_best_pt_when_it_is_not_the_last_checkpoint(mnist_once, 
     first, last = sorted((tmp_path / "checkpoints").glob("step-*.pt"))  # after epoch 1 and epoch 2
     (tmp_path / "checkpoints" / "best.pt").unlink()
     shutil.copy(first, tmp_path / "checkpoints" / "best.pt")  # as if epoch 1 had the best val accuracy
-    scores = trainer._test()
+    scores = trainer.test()
+    assert all(torch.equal(v, w) for v, w in zip(trainer.model.state_dict().values(),
+                                                 checkpoint.load(last)["model"].values()))  # the last weights kept
     trainer.model.load_state_dict(checkpoint.load(first)["model"])
     assert {"loss": scores["test_loss"], "acc": scores["test_acc"]} == trainer.evaluate(trainer.data.test)
     assert scores["best_epoch"] == 1 and scores["test_loss"] != scores["test_loss_last"]

@@ -117,6 +117,9 @@ def check_leaves(command: str, output: str, clone: Path, started: float) -> None
         assert run.stat().st_mtime >= started - 1 and json.loads((run / "summary.json").read_text())["status"] == "finished"
         assert (run / "checkpoints" / "last.pt").is_file() and list((run / "tb").glob("events.*"))
         assert f"tensorboard --logdir {run}" in output
+    elif "evaluate.py" in command:
+        run = newest("outputs/evaluate/*/*", clone)
+        assert "accuracy" in output and (run / "evaluation.json").is_file() and (run / "confusion_matrix.png").is_file()
     elif "sanity_check.py" in command:
         assert "loss_decrease  pass" in output
     elif (tool := re.search(r"analysis\.(\w+)", command)) and tool.group(1) in LEAVES:

@@ -43,6 +43,7 @@ def test_a_run_ends_with_where_it_went_and_a_failed_run_leaves_its_error_behind(
     block = ok.stdout[ok.stdout.index("run directory"):].splitlines()
     assert block[0].split() == ["run", "directory", str(tmp_path / "ok")]
     assert block[1].startswith(f"val acc        best {summary['best_val_acc']:.2%}, final ")
+    assert block[1].endswith("(1 epoch, 2 steps)")
     assert block[2].startswith(f"test acc       {summary['test_acc']:.2%} (best.pt), ")
     assert block[3].startswith("train time") and "of training steps" in block[3]
     assert block[4] == f"tensorboard    tensorboard --logdir {tmp_path / 'ok'}"

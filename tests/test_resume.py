@@ -22,7 +22,7 @@ TINY = ("trainer.epochs=2", "data.train_subset=96", "data.batch_size=32", "data.
 OPTIMIZERS = ["sgd", "momentum", "nesterov", "rmsprop", "adagrad", "adam", "adamw", "radam", "lookahead", "lbfgs"]
 SCHEDULES = {  # each changes the LR within the 6 steps of the run
     "constant": (), "cosine": (), "warmup_cosine": (), "onecycle": (),
-    "step": ("scheduler.step_size_epochs=1",), "multistep": ("scheduler.milestones=[1]",),
+    "step": ("scheduler.step_size_epochs=1",), "multistep": (),
     "warmup_step": ("scheduler.warmup_epochs=1", "scheduler.step_size_epochs=1"),
 }
 CASES = {

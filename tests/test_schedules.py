@@ -11,6 +11,7 @@ from torch.optim import lr_scheduler as tl
 
 from optimizers.schedules import (ConstantSchedule, CosineSchedule, ExponentialSchedule, MultiStepSchedule,
                                   OneCycleSchedule, PolynomialSchedule, StepSchedule)
+from utils.errors import ConfigError
 
 torch.set_num_threads(2)
 LRS = (0.1, 0.03)  # two param groups with different base LRs
@@ -163,8 +164,54 @@ def test_state_dict_round_trip(cls, kwargs):
     b.load_state_dict(state)
     assert [b.lr_at(t) for t in range(95)] == [a.lr_at(t) for t in range(95)]
     assert [g["initial_lr"] for g in opt.param_groups] == list(LRS)
-    with pytest.raises(ValueError, match="total_steps"):
-        cls(make_opt(), steps_per_epoch=10, total_steps=80, **kwargs).load_state_dict(state)
+
+
+LENGTH_FREE = {ConstantSchedule, StepSchedule, MultiStepSchedule, ExponentialSchedule}
+
+
+@pytest.mark.parametrize("cls, kwargs", SCHEDULES, ids=[c.__name__ for c, _ in SCHEDULES])
+def test_a_longer_run_continues_where_the_lr_does_not_depend_on_its_length(cls, kwargs, caplog):
+    """Resumed with 150 steps instead of 90: the same LR at every step a length-free schedule shares; the others
+    (laid out over the run) refuse, saying how far the LR would jump."""
+    state = cls(make_opt(), steps_per_epoch=10, total_steps=90, **kwargs).state_dict()
+    longer = cls(make_opt(), steps_per_epoch=10, total_steps=150, **kwargs)
+    if cls in LENGTH_FREE:
+        with caplog.at_level("INFO", logger="optimizers.schedules"):
+            longer.load_state_dict(state)
+        assert [longer.lr_at(t) for t in range(90)] == [cls(make_opt(), steps_per_epoch=10, total_steps=90,
+                                                           **kwargs).lr_at(t) for t in range(90)]
+        assert "every step keeps the LR it had" in caplog.text
+    else:
+        with pytest.raises(ConfigError, match=r"length changed from 90 to 150 steps .* the LR would jump from .* "
+                                              r"\(step 89\) to .* \(step 90\); .* trainer.init_from="):
+            longer.load_state_dict(state)
+
+
+def test_fractional_milestones_follow_the_run_and_refuse_a_new_length():
+    s = MultiStepSchedule(make_opt(), steps_per_epoch=7, total_steps=200, milestones=[0.5, 0.75],
+                          milestones_unit="fraction", gamma=0.1)
+    assert s.milestone_steps == [100, 150] and s.lr_at(99) == list(LRS) and s.lr_at(150)[0] == pytest.approx(1e-3)
+    with pytest.raises(ConfigError, match="from 200 to 400 steps"):
+        MultiStepSchedule(make_opt(), steps_per_epoch=7, total_steps=400, milestones=[0.5, 0.75],
+                          milestones_unit="fraction").load_state_dict(s.state_dict())
+
+
+@pytest.mark.parametrize("cls, kwargs, warned", [
+    (StepSchedule, dict(step_size_epochs=30), "scheduler.step_size_epochs=30 is at or past the run's end "
+                                              "(steps [300]; the run has 100 steps, 10 epochs): the LR never decays"),
+    (MultiStepSchedule, dict(milestones=[82, 123]), "scheduler.milestones=[82, 123] is at or past the run's end "
+                                                    "(steps [820, 1230]; the run has 100 steps, 10 epochs): the LR"),
+    (MultiStepSchedule, dict(milestones=[50, 100], milestones_unit="step"), "the drops at steps [100] never happen"),
+    (MultiStepSchedule, dict(milestones=[5, 9]), None),
+    (StepSchedule, dict(step_size_steps=99), None),
+])
+def test_a_drop_past_the_end_of_the_run_is_reported(cls, kwargs, warned, caplog):
+    with caplog.at_level("WARNING", logger="optimizers.schedules"):
+        cls(make_opt(), **RUN, **kwargs)
+    if warned is None:
+        assert not caplog.records
+    else:
+        assert len(caplog.records) == 1 and warned in caplog.text, caplog.text
 
 
 def test_load_state_dict_rejects_another_shape():
@@ -199,6 +246,7 @@ BAD = [
     (MultiStepSchedule, dict(RUN, milestones=[5], milestones_unit="step", warmup_steps=10), "milestones=[5]"),
     (MultiStepSchedule, dict(RUN, milestones=[5], milestones_unit="iter"), "milestones_unit='iter'"),
     (MultiStepSchedule, dict(RUN, milestones=[5], gamma=0), "gamma=0"),
+    (MultiStepSchedule, dict(RUN, milestones=[0.5, 1.5], milestones_unit="fraction"), "milestones=[0.5, 1.5]"),
     (OneCycleSchedule, dict(RUN, pct_start=0.0), "pct_start=0.0"),
     (OneCycleSchedule, dict(RUN, pct_start=1.0), "pct_start=1.0"),
     (OneCycleSchedule, dict(RUN, pct_start=0.005), "pct_start=0.005"),

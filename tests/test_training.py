@@ -46,7 +46,9 @@ def test_val_every_n_epochs_evaluates_every_nth_and_the_last_epoch(cfg, tmp_path
     assert all("val_loss" not in r for r in records if r["epoch"] in (1, 3))
     assert summary["final_val_acc"] == records[-2]["val_acc"]
     assert summary["best_val_acc"] == max(r["val_acc"] for r in records if "val_acc" in r)
-    assert [e.step for e in tags(tmp_path).Scalars("val/acc")] == [r["global_step"] for r in records if "val_acc" in r]
+    # at the index of the epoch's last step (the first step is 0), beside that step's train/loss
+    val_steps = [r["global_step"] - 1 for r in records if "val_acc" in r]
+    assert [e.step for e in tags(tmp_path).Scalars("val/acc")] == val_steps
 
 
 def weights(model_state):

@@ -90,15 +90,15 @@ class RunLogger:
         if self.enabled:
             save_json(finite_or_null(values), self.run_dir / "summary.json")
 
-    def hparams(self, params: dict, metrics: dict) -> None:
-        """Write the run's hyperparameters and final metrics into this run's event file."""
+    def hparams(self, params: dict, metrics: dict, step: int) -> None:
+        """Write the run's hyperparameters and final metrics (at ``step``) into this run's event file."""
         if not self.writer:
             return
         params = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()}
         for event in hparams_summary(params, metrics):
             self.writer.file_writer.add_summary(event)
         for tag, value in metrics.items():
-            self.writer.add_scalar(tag, value)
+            self.writer.add_scalar(tag, value, step)
 
     def flush(self) -> None:
         if self.writer:

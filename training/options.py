@@ -10,6 +10,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")  # training/precision.py
 CLIP_MODES = ("none", "norm", "value", "agc", "autoclip")  # training/clipping.py, training/autoclip.py
 TTA_MODES = ("none", "flip", "flip_translate")  # training/tta.py
 CHECKS = ("data", "init_loss", "overfit", "gradient_flow", "loss_decrease")  # training/sanity.py
+EMA_WARMUPS = ("ramp", "cubic", "none")  # training/ema.py
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,10 @@ class TrainerOptions:
     tta: str = option("none", one_of(*TTA_MODES))
     val_every_n_epochs: int = option(1, integer(1))
     compile: bool = option(False, BOOL)
+    ema_decay: float | None = option(None, number(0, 1, hi_open=True, nullable=True), key="ema.decay")  # 0/None: off
+    ema_every: int = option(1, integer(1), key="ema.every")  # update the EMA every N optimizer steps
+    ema_warmup: str = option("ramp", one_of(*EMA_WARMUPS), key="ema.warmup")
+    ema_lookahead: bool = option(False, BOOL, key="ema.lookahead")  # reset the trained weights to the EMA
 
     def __post_init__(self):
         check_fields(self, "trainer")

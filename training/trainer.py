@@ -1,10 +1,11 @@
 """The Trainer: one visible loop of epochs of steps, in nanoGPT's shape.
 
 Each pass of ``fit``'s inner loop, top to bottom:
-    lr = schedule(global_step) -> train_step (training/step.py) -> count it -> every ``log_every_n_steps``: log
-    (one device synchronisation) -> pause if asked (a signal, ``stop_after_steps``) -> checkpoint if due
-    -> stop at ``max_steps``
-and after each epoch: the epoch's training totals -> evaluate if due -> record the epoch and checkpoint it.
+    lr = schedule(global_step) -> train_step (training/step.py) -> count it -> update the weight EMA if due
+    (training/ema.py) -> every ``log_every_n_steps``: log (one device synchronisation) -> pause if asked (a signal,
+    ``stop_after_steps``) -> checkpoint if due -> stop at ``max_steps``
+and after each epoch: the epoch's training totals -> evaluate if due (the EMA's weights too) -> record the epoch
+and checkpoint it.
 Decisions (``should_*``) are pure checks of the counters; every action is a call in the loop. Closure optimizers
 (L-BFGS) step once per batch (``closure=per_batch``) or once per epoch on the whole set (``full_batch``).
 """
@@ -15,20 +16,20 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from tqdm import tqdm
 
 from data import ImageData
 from training import checkpoint
 from training.compiling import maybe_compile
-from training.distributed import DistEnv, all_reduce_sum, broadcast_buffers, max_over_ranks, wrap_model
+from training.distributed import DistEnv, max_over_ranks, wrap_model
+from training.ema import WeightEMA
+from training.evaluation import evaluate, test_scores
 from training.logger import RunLogger
 from training.meters import EpochTotals, PendingSteps, Stopwatch
 from training.options import TrainerOptions
+from training.progress import EpochBar
 from training.precision import Precision
 from training.signals import Interrupted, stop_signals_to
 from training.step import GradientClip, StepResult, closure_step, needs_closure, train_step
-from training.tta import test_time_logits
 from utils.errors import UserError
 from utils.seed import rng_state, set_rng_state
 
@@ -62,6 +63,9 @@ class Trainer:
         observe = (lambda: monitor.observe(model, self.global_step)) if monitor is not None else None
         self.clip = GradientClip(options.clip_mode, options.clip_max, observe, options.clip_percentile,
                                  options.clip_window)
+        self.ema = None if not options.ema_decay else WeightEMA(
+            model, decay=options.ema_decay, every=options.ema_every, warmup=options.ema_warmup,
+            lookahead=options.ema_lookahead, total_steps=scheduler.total_steps)
         self.full_batch = needs_closure(optimizer) and options.closure == "full_batch"
         # Counters: epochs completed; position inside the current epoch; optimizer steps taken.
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
@@ -74,7 +78,9 @@ class Trainer:
     # ----------------------------------------------------------------------------------------- the loop
     def fit(self, stop_after_steps: int | None = None) -> dict:
         """Train to ``epochs`` (or ``max_steps``); ``stop_after_steps`` pauses early with a checkpoint."""
-        self.logger.open(purge_step=self.global_step)  # hides events a killed attempt logged past this step
+        # Events of the training so far sit at steps < global_step (see ``last_step``): hide what a killed attempt
+        # logged from here on (on a fresh start: everything an attempt killed before its first checkpoint logged)
+        self.logger.open(purge_step=self.global_step)
         self.logger.truncate_epochs(self.epoch)  # and its metric lines (also on a fresh start)
         try:
             with stop_signals_to(self._request_stop):
@@ -84,13 +90,16 @@ class Trainer:
                         self._pause()
                     self.data.train.set_epoch(self.epoch, start_batch=self.step_in_epoch)
                     self.forward_model.train()
-                    bar = self._progress_bar()
+                    bar = EpochBar(len(self.data.train), self.step_in_epoch, self.epoch + 1, self.options.epochs,
+                                   self.options.progress_bar)
                     self.stopwatch.new_epoch()
                     self.stopwatch.start()
                     for x, y in self._batches():
                         self.scheduler.step_update(self.global_step)  # this step's LR, a pure function of it
                         self._count(self._step(x, y))
-                        bar.update(1)
+                        if self.ema is not None:
+                            self.ema.step(self.model, self.global_step)
+                        bar.update()
                         if self.should_log(self.global_step):
                             self._show(bar, self._log_steps())
                             self._agree_on_stop()
@@ -111,7 +120,8 @@ class Trainer:
                     bar.close()
                     train = self.totals.mean(self.dist)
                     self.totals = EpochTotals(self.device)
-                    self._end_epoch(train, self.evaluate() if self.should_evaluate(self.epoch + 1) else None)
+                    val = self.evaluate() if self.should_evaluate(self.epoch + 1) else None
+                    self._end_epoch(train, val, self._evaluate_ema() if val is not None else None)
                 return self._finish()
         finally:
             self.logger.close()
@@ -138,6 +148,14 @@ class Trainer:
         if self.data.val is None:
             return False
         return epoch % self.options.val_every_n_epochs == 0 or epoch >= self.options.epochs or self.max_steps_reached()
+
+    @property
+    def last_step(self) -> int:
+        """The index of the last step taken (the first step is 0): where the numbers that follow it are logged
+        (the loss scale after it, the epoch's totals and scores), so a checkpoint after it covers every event at
+        steps < ``global_step``, and a resume purges exactly what a killed attempt logged after the checkpoint.
+        The run's end (test scores) is logged at ``global_step``: a resume, even of a finished run, redoes it."""
+        return self.global_step - 1
 
     def max_steps_reached(self) -> bool:
         return self.options.max_steps is not None and self.global_step >= self.options.max_steps
@@ -188,18 +206,13 @@ class Trainer:
         if rows and self.precision.uses_scaler:
             self.skipped_steps += sum(not math.isfinite(row[4]) for row in rows)
             self.logger.scalars({"amp/loss_scale": self.precision.scale(),
-                                 "amp/skipped_steps": self.skipped_steps}, self.global_step)
+                                 "amp/skipped_steps": self.skipped_steps}, self.last_step)
         return rows[-1] if rows else None
 
-    def _progress_bar(self) -> tqdm:
-        return tqdm(total=len(self.data.train), initial=self.step_in_epoch, leave=False, dynamic_ncols=True,
-                    desc=f"epoch {self.epoch + 1}/{self.options.epochs}", disable=not self.options.progress_bar)
-
-    def _show(self, bar: tqdm, row: tuple | None) -> None:
+    def _show(self, bar: EpochBar, row: tuple | None) -> None:
         if row is not None:
             images = self.step_in_epoch * self.data.train.global_batch_size
-            bar.set_postfix(loss=f"{row[2]:.4f}", acc=f"{row[3]:.3f}", lr=f"{row[1]:.3g}",
-                            img_s=f"{images / max(self.stopwatch.epoch_so_far(), 1e-9):.0f}", refresh=False)
+            bar.show(row[2], row[3], row[1], images / max(self.stopwatch.epoch_so_far(), 1e-9))
 
     def _agree_on_stop(self) -> None:
         """Under DDP every rank must stop after the same step, so at each logging step the ranks agree on the
@@ -218,11 +231,14 @@ class Trainer:
             raise Interrupted(self.stop_signal, self.global_step, self.run_dir)
         return self.summary(finished=False)
 
-    def _end_epoch(self, train: dict, val: dict | None) -> None:
-        """Record the epoch (val_loss, val_acc only when ``val`` was measured) and checkpoint it."""
+    def _end_epoch(self, train: dict, val: dict | None, val_ema: dict | None = None) -> None:
+        """Record the epoch (val_loss, val_acc only when ``val`` was measured; val_ema_* the EMA's) and
+        checkpoint it."""
         self.epoch += 1
         self.step_in_epoch = 0
         scores = {} if val is None else {"val_loss": val["loss"], "val_acc": val["acc"]}
+        if val_ema is not None:
+            scores.update({"val_ema_loss": val_ema["loss"], "val_ema_acc": val_ema["acc"]})
         seconds = self.stopwatch.epoch
         self.logger.epoch({"epoch": self.epoch, **train, **scores, "lr": self.optimizer.param_groups[0]["lr"],
                            "epoch_time": seconds, "global_step": self.global_step})
@@ -233,56 +249,41 @@ class Trainer:
         if val is not None:
             scalars.update({"val/loss": val["loss"], "val/acc": val["acc"]})
             self.best_val_acc, self.final_val_acc = max(self.best_val_acc, val["acc"]), val["acc"]
-        self.logger.scalars(scalars, self.global_step)
+        if val_ema is not None:
+            scalars.update({"val_ema/loss": val_ema["loss"], "val_ema/acc": val_ema["acc"]})
+        self.logger.scalars(scalars, self.last_step)
         self.save_checkpoint(best=improved)
 
     def _finish(self) -> dict:
-        test = self._test()
+        test = self.test()
         self.logger.epoch({"epoch": self.epoch, **test})
         self.logger.scalars({f"test/{k[5:]}": v for k, v in test.items() if isinstance(v, float)}, self.global_step)
         summary = {**self.summary(finished=True), **test}
         self.logger.hparams(self.config.get("hparams", {}),
                             {f"hparam/{k}": summary[k] for k in ("best_val_acc", "final_val_acc", "test_acc")
-                             if summary[k] is not None})
+                             if summary[k] is not None}, self.global_step)
         self.logger.summary(summary)
         return summary
 
-    def _test(self) -> dict:
-        """The test set, evaluated once, at the end: the last weights, and best.pt's (chosen on val) when they
-        differ. ``test_acc`` is the selected weights' score: best.pt's, or the last weights' without a val split."""
-        scores = self.evaluate(self.data.test)
-        last = {"test_loss_last": scores["loss"], "test_acc_last": scores["acc"]}
-        if self.data.val is None:
-            return {"test_loss": scores["loss"], "test_acc": scores["acc"], **last, "selected_on": "nothing: "
-                    "data.val_split=0, the test set scores the last weights and nothing was chosen on it"}
-        best = checkpoint.load(self.run_dir / "checkpoints" / "best.pt")  # rank 0 wrote it before evaluate's sync
-        if best["global_step"] != self.global_step:
-            weights = self.model.state_dict()
-            self.model.load_state_dict(best["model"])
-            scores = self.evaluate(self.data.test)
-            self.model.load_state_dict(weights)
-        return {"test_loss": scores["loss"], "test_acc": scores["acc"], **last, "best_epoch": best["epoch"],
-                "selected_on": f"val: best.pt has the best val_acc of {self.data.val.num_examples} held-out "
-                               f"training images"}
+    def test(self) -> dict:
+        """The test set, scored once at the end (training/evaluation.py's ``test_scores``), the EMA's weights too."""
+        best = None if self.data.val is None else self.run_dir / "checkpoints" / "best.pt"
+        scores = test_scores(self.model, lambda: self.evaluate(self.data.test), best, self.global_step,
+                             self.data.val.num_examples if self.data.val is not None else None)
+        if self.ema is not None:
+            ema = self._evaluate_ema(self.data.test)
+            scores.update({"test_loss_ema": ema["loss"], "test_acc_ema": ema["acc"]})
+        return scores
 
     # ------------------------------------------------------------------------------------- evaluation
-    @torch.no_grad()
-    def evaluate(self, loader=None) -> dict[str, float]:
-        """``{"loss", "acc"}``: mean loss and accuracy over ``loader`` (default: val; all ranks' shares
-        summed), no augmentation but ``tta``'s. Runs the unwrapped model: weights are identical on every rank,
-        and DDP's forward would sync buffers."""
-        loader = loader or self.data.val
-        broadcast_buffers(self.model, self.dist)
-        self.model.eval()
-        totals = EpochTotals(self.device)
-        loader.set_epoch(0)
-        for x, y in loader:
-            with self.precision.autocast():
-                logits = test_time_logits(self.model, x, self.options.tta)  # (B, C)
-            totals.add(F.cross_entropy(logits.float(), y), (logits.argmax(1) == y).sum(), len(y))
-        loss_sum, correct, count = all_reduce_sum(totals.state(self.device), self.dist).tolist()
-        self.model.train()
-        return {"loss": loss_sum / count, "acc": correct / count}
+    def evaluate(self, loader=None, model: nn.Module | None = None) -> dict[str, float]:
+        """``{"loss", "acc"}`` of ``model`` (default: the trained one) over ``loader`` (default: val)."""
+        return evaluate(model or self.model, loader or self.data.val, self.precision, self.options.tta, self.dist,
+                        self.device)
+
+    def _evaluate_ema(self, loader=None) -> dict[str, float] | None:
+        """The EMA's weights scored like the trained ones (None without an EMA)."""
+        return None if self.ema is None else self.evaluate(loader, self.ema.module)
 
     def summary(self, finished: bool) -> dict:
         return {"params": sum(p.numel() for p in self.model.parameters()),
@@ -300,7 +301,8 @@ class Trainer:
                 "train_seconds": self.stopwatch.total, "train_images": self.train_images,
                 "skipped_steps": self.skipped_steps, "accumulators": self.totals.state(),
                 "rng": rng_state(), "world_size": self.dist.world_size, "config": self.config,
-                "autoclip": self.clip.auto.state_dict() if self.clip.auto is not None else None}
+                "autoclip": self.clip.auto.state_dict() if self.clip.auto is not None else None,
+                "ema": self.ema.state_dict() if self.ema is not None else None}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -314,9 +316,16 @@ class Trainer:
         self.totals = EpochTotals(self.device, state["accumulators"])
         if self.clip.auto is not None and state.get("autoclip") is not None:
             self.clip.auto.load_state_dict(state["autoclip"])
+        if self.ema is not None:
+            if state.get("ema") is None:
+                raise checkpoint.CheckpointError(
+                    "the checkpoint holds no weight EMA, but trainer.ema.decay is set: resume with "
+                    "trainer.ema.decay=null, or start a new run")
+            self.ema.load_state_dict(state["ema"])
         set_rng_state(state["rng"])
 
     def save_checkpoint(self, best: bool = False) -> None:
+        self.logger.flush()  # the events the checkpoint covers reach the disk before it: a SIGKILL loses none
         if self.dist.is_main:
             checkpoint.save(self.state_dict(), self.run_dir / "checkpoints", keep_last_k=self.options.keep_last_k,
                             best=best)
