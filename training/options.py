@@ -31,6 +31,7 @@ class TrainerOptions:
     ema_every: int = option(1, integer(1), key="ema.every")  # update the EMA every N optimizer steps
     ema_warmup: str = option("ramp", one_of(*EMA_WARMUPS), key="ema.warmup")
     ema_lookahead: bool = option(False, BOOL, key="ema.lookahead")  # reset the trained weights to the EMA
+    profile_steps: int | None = option(None, integer(1, nullable=True))  # torch.profiler trace of N steps
 
     def __post_init__(self):
         check_fields(self, "trainer")

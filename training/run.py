@@ -90,7 +90,8 @@ def trainer_options(t: DictConfig, progress_bar: bool) -> TrainerOptions:
         label_smoothing=t.label_smoothing, closure=t.closure, on_nan=t.on_nan,
         checkpoint_every_n_steps=t.checkpoint_every_n_steps, keep_last_k=t.keep_last_k, progress_bar=progress_bar,
         tta=t.tta, val_every_n_epochs=t.val_every_n_epochs, compile=t.compile,
-        ema_decay=t.ema.decay, ema_every=t.ema.every, ema_warmup=t.ema.warmup, ema_lookahead=t.ema.lookahead)
+        ema_decay=t.ema.decay, ema_every=t.ema.every, ema_warmup=t.ema.warmup, ema_lookahead=t.ema.lookahead,
+        profile_steps=t.profile_steps)
 
 
 def build_trainer(cfg: DictConfig, run_dir: str | Path) -> Trainer:
@@ -130,7 +131,14 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         elif cfg.trainer.sanity != "skip":
             run_sanity(trainer, cfg)
         try:
-            return trainer.fit()
+            summary = trainer.fit(stop_after_steps=cfg.trainer.pause_at_step)
+            if not summary["finished"]:  # paused: a freshly built trainer resumes from the checkpoint just written
+                log.info("paused at step %d (trainer.pause_at_step); a new trainer resumes from its checkpoint",
+                         summary["global_step"])
+                trainer = build_trainer(cfg, run_dir)
+                trainer.resume(checkpoint.find_latest(trainer.run_dir / "checkpoints"))
+                summary = trainer.fit()
+            return summary
         finally:
             distributed.shutdown(trainer.dist)
 

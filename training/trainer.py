@@ -29,6 +29,7 @@ from training.logger import RunLogger
 from training.meters import EpochTotals, PendingSteps, Stopwatch
 from training.options import TrainerOptions
 from training.precision import Precision
+from training.profiling import profiling
 from training.signals import Interrupted, stop_signals_to
 from training.step import GradientClip, StepResult, closure_step, needs_closure, train_step
 from utils.seed import rng_state, set_rng_state
@@ -87,7 +88,9 @@ class Trainer:
         self.logger.open(purge_step=self.global_step)
         self.logger.truncate_epochs(self.epoch)  # and its metric lines (also on a fresh start)
         try:
-            with stop_signals_to(self._request_stop):
+            with stop_signals_to(self._request_stop), profiling(self.options.profile_steps if self.dist.is_main
+                                                                  else None, self.run_dir / "profile",
+                                                                  self.device) as profile_step:
                 while self.epoch < self.options.epochs and not self.max_steps_reached():
                     self._agree_on_stop()
                     if self.should_stop(self.global_step):  # the signal came during evaluation
@@ -103,6 +106,7 @@ class Trainer:
                         if self.ema is not None:
                             self.ema.step(self.model, self.global_step)
                         bar.update(1)
+                        profile_step()
                         if self.should_log(self.global_step):
                             self._show(bar, self._log_steps())
                             self._agree_on_stop()
