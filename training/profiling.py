@@ -30,8 +30,9 @@ def profiling(steps: int | None, out_dir: Path, device: torch.device) -> Iterato
         write_trace(profiler)
         sort = "self_cuda_time_total" if on_gpu else "self_cpu_time_total"
         (out_dir / "ops.txt").write_text(profiler.key_averages().table(sort_by=sort, row_limit=30) + "\n")
-        log.info("profile of %d steps in %s (the *.pt.trace.json opens in https://ui.perfetto.dev; ops.txt: "
-                 "operators by their own time)", steps, out_dir)
+        recorded = min(steps, max(profiler.step_num - 2, 0))  # fewer when the run ended first
+        log.info("profile of %d training steps in %s (the *.pt.trace.json opens in https://ui.perfetto.dev; "
+                 "ops.txt: operators by their own time)", recorded, out_dir)
 
     with profile(activities=activities, schedule=schedule(wait=1, warmup=1, active=steps, repeat=1),
                  on_trace_ready=written, record_shapes=True, profile_memory=True, with_stack=False) as profiler:
