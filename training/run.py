@@ -24,7 +24,7 @@ from models import has_conv
 from training import checkpoint, distributed, rundir
 from training.options import TrainerOptions
 from training.precision import Precision, resolve_precision
-from training.sanity import Recipe, SanityReport, run_checks
+from training.sanity import CHECKS, Recipe, SanityReport, run_checks
 from training.step import GradientClip
 from training.trainer import Runtime, Trainer
 from training.validate import check_output_dir, validate
@@ -32,6 +32,9 @@ from utils.device import set_tf32
 from utils.seed import seed_everything
 
 log = logging.getLogger(__name__)
+
+
+FRESH_MODEL_CHECKS = ("init_loss", "loss_decrease")  # what only a freshly initialised model must pass
 
 
 class SanityError(RuntimeError):
@@ -128,8 +131,12 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         resume = resume_path(cfg.trainer.resume, trainer.run_dir)  # under DDP: rank 0's, on every rank
         if resume is not None:
             trainer.resume(resume)
-        elif cfg.trainer.sanity != "skip":
-            run_sanity(trainer, cfg)
+            say_if_finished(trainer, resume)
+        else:
+            if cfg.trainer.init_from is not None:
+                trainer.init_from(cfg.trainer.init_from)
+            if cfg.trainer.sanity != "skip":
+                run_sanity(trainer, cfg)
         try:
             summary = trainer.fit(stop_after_steps=cfg.trainer.pause_at_step)
             if not summary["finished"]:  # paused: a freshly built trainer resumes from the checkpoint just written
@@ -143,6 +150,15 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
             distributed.shutdown(trainer.dist)
 
 
+def say_if_finished(trainer: Trainer, path: Path) -> None:
+    """A resumed run that has nothing left to train says so (its end, test scores and summary, runs again)."""
+    if trainer.epoch >= trainer.options.epochs or trainer.max_steps_reached():
+        log.warning("%s holds a finished run (epoch %d, step %d; trainer.epochs=%d, max_steps=%s): nothing left to "
+                    "train. To train on, resume with a larger trainer.epochs, or start a new run from its weights with "
+                    "trainer.init_from=%s", path, trainer.epoch, trainer.global_step, trainer.options.epochs,
+                    trainer.options.max_steps, path)
+
+
 def sanity_check(trainer: Trainer, cfg: DictConfig) -> SanityReport:
     """The pre-flight checks (``cfg.sanity``) on copies of the trainer's model, trained as the run trains:
     its loss, precision, clipping and a fresh optimizer of ``cfg.optimizer``. The run's weights and RNGs stay."""
@@ -150,6 +166,8 @@ def sanity_check(trainer: Trainer, cfg: DictConfig) -> SanityReport:
                     GradientClip(trainer.clip.mode, trainer.clip.max_value, percentile=trainer.clip.percentile,
                                  window=trainer.clip.window), lockstep=trainer.dist.enabled)
     options = OmegaConf.to_container(cfg.sanity, resolve=True) if "sanity" in cfg else {}
+    if cfg.trainer.get("init_from") is not None:  # trained weights: no loss near ln C at the start, none bound to fall
+        options["checks"] = [c for c in options.get("checks", CHECKS) if c not in FRESH_MODEL_CHECKS]
     with torch.random.fork_rng(devices=[trainer.device] if trainer.device.type == "cuda" else []):
         return run_checks(trainer.model, recipe, trainer.data, **options)
 

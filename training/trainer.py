@@ -372,3 +372,14 @@ class Trainer:
         self.logger.truncate_epochs(self.epoch)
         log.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.global_step)
 
+    def init_from(self, path: str | Path) -> None:
+        """A new run starting from a checkpoint's weights (and batch-norm statistics): the optimizer, the schedule,
+        the counters and the RNGs stay this run's own (fine-tuning, a warm start)."""
+        state = checkpoint.load(path)
+        checkpoint.check_model_matches(state, self.model, path)
+        self.model.load_state_dict(state["model"])
+        if self.ema is not None:  # the average starts from the weights the run starts from
+            self.ema.module.load_state_dict(state["model"])
+        log.info("weights from %s (its epoch %d, step %d); a fresh optimizer and schedule", path, state["epoch"],
+                 state["global_step"])
+

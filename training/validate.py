@@ -86,6 +86,8 @@ RULES: dict[str, Rule] = {
     "trainer.sanity": _one_of("run", "warn", "skip"),
     "trainer.resume": _RESUME,
     "trainer.pause_at_step": _int(1, nullable=True),
+    "trainer.init_from": ((lambda v: v is None or (isinstance(v, str) and Path(v).is_file())),
+                          "null, or the path of an existing checkpoint file"),
     "trainer.checkpoint_every_n_steps": _int(1, nullable=True),
     "trainer.keep_last_k": _int(1),
     "trainer.progress_bar": _BOOL_OR_AUTO,
