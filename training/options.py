@@ -21,6 +21,8 @@ class TrainerOptions:
     label_smoothing: float = option(0.0, number(0, 1, hi_open=True))
     closure: str = option("per_batch", one_of("per_batch", "full_batch"))  # closure optimizers' batch
     on_nan: str = option("stop", one_of("stop", "skip"))
+    # on_nan=skip: more than this fraction of an epoch's steps skipped is divergence, and stops the run
+    max_skipped_fraction: float = option(0.5, number(0, 1))
     checkpoint_every_n_steps: int | None = option(None, integer(1, nullable=True))  # also mid-epoch
     keep_last_k: int = option(1, integer(1))
     progress_bar: bool = option(False, BOOL)

@@ -91,6 +91,7 @@ def trainer_options(t: DictConfig, progress_bar: bool) -> TrainerOptions:
         epochs=t.epochs, max_steps=t.max_steps, clip_mode=t.clip.mode, clip_max=t.clip.max,
         clip_percentile=t.clip.percentile, clip_window=t.clip.window,
         label_smoothing=t.label_smoothing, closure=t.closure, on_nan=t.on_nan,
+        max_skipped_fraction=t.max_skipped_fraction,
         checkpoint_every_n_steps=t.checkpoint_every_n_steps, keep_last_k=t.keep_last_k, progress_bar=progress_bar,
         tta=t.tta, val_every_n_epochs=t.val_every_n_epochs, compile=t.compile,
         ema_decay=t.ema.decay, ema_every=t.ema.every, ema_warmup=t.ema.warmup, ema_lookahead=t.ema.lookahead,
@@ -119,7 +120,17 @@ def build_trainer(cfg: DictConfig, run_dir: str | Path) -> Trainer:
              env.world_size, data.train.global_batch_size, optimizer.param_groups[0]["lr"], scheduler.total_steps)
     return Trainer(model, optimizer, scheduler, data, logger, runtime, trainer_options(t, progress),
                    monitor=instantiate(cfg.monitor)(logger) if "monitor" in cfg else None,
-                   config={"resolved": OmegaConf.to_container(cfg, resolve=True), "hparams": hparams(cfg)})
+                   config={"resolved": OmegaConf.to_container(cfg, resolve=True), "hparams": hparams(cfg)},
+                   continue_with=sweep_continue_with())
+
+
+def sweep_continue_with() -> str | None:
+    """In a Hydra sweep (``-m``), the overrides that continue it: its directory, where each job finds its own (job
+    directories are named by what the sweep varies, so ``trainer.resume=auto`` does not rename them). None
+    outside a sweep: the Trainer names its run directory."""
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return f"trainer.resume=auto hydra.sweep.dir={Path(HydraConfig.get().sweep.dir).resolve()}"
+    return None
 
 
 def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:

@@ -83,6 +83,7 @@ RULES: dict[str, Rule] = {
     "trainer.profile_steps": _int(1, nullable=True),
     "trainer.closure": _one_of("per_batch", "full_batch"),
     "trainer.on_nan": _one_of("stop", "skip"),
+    "trainer.max_skipped_fraction": _number(0, 1),
     "trainer.sanity": _one_of("run", "warn", "skip"),
     "trainer.resume": _RESUME,
     "trainer.pause_at_step": _int(1, nullable=True),
