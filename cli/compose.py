@@ -21,7 +21,7 @@ import optimizers
 from cli.validate import check_known_keys, check_output_dir, validate
 from training import checkpoint, distributed, rundir
 from training.build import PLACEMENT, build_data, build_model, build_runtime, build_schedule
-from training.options import TrainerOptions
+from training.options import CHECKS, TrainerOptions
 from training.sanity import Recipe, SanityReport, run_checks
 from training.step import GradientClip, needs_closure
 from training.trainer import Trainer
@@ -29,6 +29,9 @@ from utils.errors import UserError
 from utils.seed import seed_everything
 
 log = logging.getLogger(__name__)
+
+
+FRESH_MODEL_CHECKS = ("init_loss", "loss_decrease")  # what only a freshly initialised model must pass
 
 
 class SanityError(UserError):
@@ -42,9 +45,11 @@ def trainer_options(t: DictConfig, progress_bar: bool) -> TrainerOptions:
         epochs=t.epochs, max_steps=t.max_steps, clip_mode=t.clip.mode, clip_max=t.clip.max,
         clip_percentile=t.clip.percentile, clip_window=t.clip.window,
         label_smoothing=t.label_smoothing, closure=t.closure, on_nan=t.on_nan,
+        max_skipped_fraction=t.max_skipped_fraction,
         checkpoint_every_n_steps=t.checkpoint_every_n_steps, keep_last_k=t.keep_last_k, progress_bar=progress_bar,
         tta=t.tta, val_every_n_epochs=t.val_every_n_epochs, compile=t.compile,
-        ema_decay=t.ema.decay, ema_every=t.ema.every, ema_warmup=t.ema.warmup, ema_lookahead=t.ema.lookahead)
+        ema_decay=t.ema.decay, ema_every=t.ema.every, ema_warmup=t.ema.warmup, ema_lookahead=t.ema.lookahead,
+        profile_steps=t.profile_steps)
 
 
 def build_trainer(cfg: DictConfig, run_dir: str | Path) -> Trainer:
@@ -70,7 +75,17 @@ def build_trainer(cfg: DictConfig, run_dir: str | Path) -> Trainer:
              env.world_size, data.train.global_batch_size, optimizer.param_groups[0]["lr"], scheduler.total_steps)
     return Trainer(model, optimizer, scheduler, data, logger, runtime, trainer_options(t, progress),
                    monitor=instantiate(cfg.monitor)(logger) if "monitor" in cfg else None,
-                   config={"resolved": OmegaConf.to_container(cfg, resolve=True), "hparams": hparams(cfg)})
+                   config={"resolved": OmegaConf.to_container(cfg, resolve=True), "hparams": hparams(cfg)},
+                   continue_with=sweep_continue_with())
+
+
+def sweep_continue_with() -> str | None:
+    """In a Hydra sweep (``-m``), the overrides that continue it: its directory, where each job finds its own (job
+    directories are named by what the sweep varies, so ``trainer.resume=auto`` does not rename them). None
+    outside a sweep: the Trainer names its run directory."""
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return f"trainer.resume=auto hydra.sweep.dir={Path(HydraConfig.get().sweep.dir).resolve()}"
+    return None
 
 
 def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
@@ -82,12 +97,32 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         resume = resume_path(cfg.trainer.resume, trainer.run_dir)  # under DDP: rank 0's, on every rank
         if resume is not None:
             trainer.resume(resume)
-        elif cfg.trainer.sanity != "skip":
-            run_sanity(trainer, cfg)
+            say_if_finished(trainer, resume)
+        else:
+            if cfg.trainer.init_from is not None:
+                trainer.init_from(cfg.trainer.init_from)
+            if cfg.trainer.sanity != "skip":
+                run_sanity(trainer, cfg)
         try:
-            return trainer.fit()
+            summary = trainer.fit(stop_after_steps=cfg.trainer.pause_at_step)
+            if not summary["finished"]:  # paused: a freshly built trainer resumes from the checkpoint just written
+                log.info("paused at step %d (trainer.pause_at_step); a new trainer resumes from its checkpoint",
+                         summary["global_step"])
+                trainer = build_trainer(cfg, run_dir)
+                trainer.resume(checkpoint.find_latest(trainer.run_dir / "checkpoints"))
+                summary = trainer.fit()
+            return summary
         finally:
             distributed.shutdown(trainer.dist)
+
+
+def say_if_finished(trainer: Trainer, path: Path) -> None:
+    """A resumed run that has nothing left to train says so (its end, test scores and summary, runs again)."""
+    if trainer.epoch >= trainer.options.epochs or trainer.max_steps_reached():
+        log.warning("%s holds a finished run (epoch %d, step %d; trainer.epochs=%d, max_steps=%s): nothing left to "
+                    "train. To train on, resume with a larger trainer.epochs, or start a new run from its weights with "
+                    "trainer.init_from=%s", path, trainer.epoch, trainer.global_step, trainer.options.epochs,
+                    trainer.options.max_steps, path)
 
 
 def sanity_check(trainer: Trainer, cfg: DictConfig) -> SanityReport:
@@ -97,6 +132,8 @@ def sanity_check(trainer: Trainer, cfg: DictConfig) -> SanityReport:
                     GradientClip(trainer.clip.mode, trainer.clip.max_value, percentile=trainer.clip.percentile,
                                  window=trainer.clip.window), lockstep=trainer.dist.enabled)
     options = OmegaConf.to_container(cfg.sanity, resolve=True) if "sanity" in cfg else {}
+    if cfg.trainer.get("init_from") is not None:  # trained weights: no loss near ln C at the start, none bound to fall
+        options["checks"] = [c for c in options.get("checks", CHECKS) if c not in FRESH_MODEL_CHECKS]
     with torch.random.fork_rng(devices=[trainer.device] if trainer.device.type == "cuda" else []):
         return run_checks(trainer.model, recipe, trainer.data, **options)
 

@@ -39,6 +39,9 @@ RULES: dict[str, Rule] = {
     "trainer.channels_last": BOOL_OR_AUTO,
     "trainer.sanity": one_of("run", "warn", "skip"),
     "trainer.resume": _RESUME,
+    "trainer.pause_at_step": integer(1, nullable=True),
+    "trainer.init_from": Rule(lambda v: v is None or (isinstance(v, str) and Path(v).is_file()),
+                              "null, or the path of an existing checkpoint file"),
     "trainer.progress_bar": BOOL_OR_AUTO,  # resolved to true or false for TrainerOptions
     "data.batch_size": integer(1),
     "data.eval_batch_size": integer(1),

@@ -259,3 +259,95 @@ DATA_CASES = {
 def test_broken_data_is_one_line_naming_the_file_and_the_fault(bad_data, case):
     tmp, files, results = bad_data
     assert_one_line_error(results[case], *(text.format(tmp=tmp, file=files.get(case)) for text in DATA_CASES[case]))
+
+
+# ------------------------------------------------------------------------------- divergence and resume changes
+def strict_json(text: str):
+    """JSON as the standard has it: NaN and Infinity are not JSON."""
+    def refuse(constant):
+        raise ValueError(f"{constant} in JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.fixture(scope="module")
+def diverged(tmp_path_factory):
+    """Epoch 1 at lr 0.1 (paused in-process after its last step); resumed with optimizer.lr=8 it diverges in
+    epoch 2, and is continued as the message advises, at a lower LR. on_nan=skip at lr=1e4: stopped, and let
+    through (max_skipped_fraction=1)."""
+    tmp = tmp_path_factory.mktemp("diverged")
+    run = ["logger=none", f"hydra.run.dir={tmp / 'diverge'}"]
+    build_trainer(compose_cfg(f"data.root={DATA_ROOT}", *B, *run[:1]), tmp / "diverge").fit(stop_after_steps=16)
+    runs = {"diverge": [*run, "trainer.resume=auto", "optimizer.lr=8"],
+            "skip": ["optimizer.lr=1e4", "trainer.on_nan=skip", "logger=none", f"hydra.run.dir={tmp / 'skip'}"],
+            "skip all": ["optimizer.lr=1e4", "trainer.on_nan=skip", "trainer.max_skipped_fraction=1",
+                         f"hydra.run.dir={tmp / 'skip_all'}"]}
+    results = finish({name: train_py(*args) for name, args in runs.items()})
+    results["resumed"] = finish({"resumed": train_py(*runs["diverge"], "optimizer.lr=0.05")})["resumed"]
+    return tmp, results
+
+
+def test_divergence_advice_names_the_checkpoint_and_a_command_that_works(diverged):
+    tmp, results = diverged
+    assert_one_line_error(results["diverge"], "loss became nan at step ", "the last checkpoint (step 16) is intact. "
+                          f"Continue from it at a lower LR: the same command plus trainer.resume=auto "
+                          f"hydra.run.dir={tmp / 'diverge'} optimizer.lr=<lower> (or trainer.clip.mode=norm)")
+    assert results["resumed"].returncode == 0, results["resumed"].stderr  # the advice, followed, works
+
+
+def test_a_changed_lr_on_resume_applies_and_is_logged(diverged):
+    """lr 8 diverged (at the checkpoint's 0.1 it would not have): the change applied, and so did 0.05."""
+    tmp, results = diverged
+    log = (tmp / "diverge" / "train.log").read_text()
+    for change in ("0.1 -> 8", "8 -> 0.05"):
+        assert f"resumed with a changed config: optimizer lr {change} (the config's value applies from here on)" in log
+    state = checkpoint.load(tmp / "diverge" / "checkpoints" / "last.pt")
+    assert state["scheduler"]["base_lrs"] == [0.05, 0.05] and state["global_step"] == 32
+    epoch_two = strict_json((tmp / "diverge" / "metrics.jsonl").read_text().splitlines()[1])
+    assert epoch_two["epoch"] == 2 and 0 <= epoch_two["lr"] < 0.05  # cosine from 0.05, not from 0.1
+
+
+def test_on_nan_skip_stops_after_a_fraction_of_an_epoch(diverged):
+    tmp, results = diverged
+    assert_one_line_error(results["skip"], "trainer.on_nan=skip skipped 9 of the 16 steps of epoch 1",
+                          "more than trainer.max_skipped_fraction=0.5; no checkpoint was written yet. Start again "
+                          "with a lower optimizer.lr or trainer.clip.mode=norm")
+    assert not (tmp / "skip" / "checkpoints" / "last.pt").exists()
+
+
+def test_no_nan_is_written_into_json(diverged):
+    tmp, results = diverged
+    assert results["skip all"].returncode == 0, results["skip all"].stderr
+    records = [strict_json(line) for line in (tmp / "skip_all" / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["val_loss"] is None and records[1]["train_loss"] is None  # epoch 2: every step skipped
+    assert strict_json((tmp / "skip_all" / "summary.json").read_text())["finished"]
+
+
+# ---------------------------------------------------------------------------------------------- sweep resume
+def test_an_interrupted_sweep_resumes_job_by_job(tmp_path):
+    """A real Hydra multirun of two jobs, SIGTERMed in its first job: the stop line names the sweep, and the same
+    sweep plus trainer.resume=auto continues job 0 from its checkpoint and runs job 1, in the same directories."""
+    sweep = ["-m", "optimizer.lr=0.01,0.02", "data.train_subset=4096", "trainer.checkpoint_every_n_steps=1",
+             "logger=none", f"hydra.sweep.dir={tmp_path}"]
+    proc = train_py(*sweep)
+    deadline = time.monotonic() + 240
+    while not list(tmp_path.glob("00_*/checkpoints/last.pt")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    stopped = finish({"stopped": proc})["stopped"]
+    jobs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert jobs == ["00_optimizer.lr=0.01"], jobs
+    first = tmp_path / jobs[0]
+    step = checkpoint.load(first / "checkpoints" / "last.pt")["global_step"]
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr
+    assert stopped.stderr.strip().splitlines()[-1] == (
+        f"stopped by SIGTERM at step {step}; checkpoint saved. Continue with the same command plus "
+        f"trainer.resume=auto hydra.sweep.dir={tmp_path}")
+    resumed = finish({"resumed": train_py(*sweep, "trainer.resume=auto")})["resumed"]
+    assert resumed.returncode == 0, resumed.stderr
+    jobs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert jobs == ["00_optimizer.lr=0.01", "01_optimizer.lr=0.02"], jobs
+    assert f"resumed from {first / 'checkpoints' / 'last.pt'} at epoch 0, step {step}" in (first / "train.log").read_text()
+    for job in jobs:
+        summary = strict_json((tmp_path / job / "summary.json").read_text())
+        assert summary["finished"] and summary["global_step"] == 2 * 4096 // 32, (job, summary)

@@ -113,7 +113,8 @@ def check_leaves(command: str, output: str, clone: Path, started: float) -> None
         if "gradient_flow" in command or "degradation" in command:
             assert (sweep / "gradient_flow.png").is_file()
     elif "train.py" in command:
-        run = newest("outputs/2*/*/summary.json", clone).parent
+        run = newest("outputs/debug/*/*/summary.json" if "debug=" in command else "outputs/2*/*/summary.json",
+                     clone).parent
         assert run.stat().st_mtime >= started - 1 and json.loads((run / "summary.json").read_text())["status"] == "finished"
         assert (run / "checkpoints" / "last.pt").is_file() and list((run / "tb").glob("events.*"))
         assert f"tensorboard --logdir {run}" in output

@@ -143,6 +143,36 @@ def load(path: str | os.PathLike) -> dict:
     return state
 
 
+def hyperparameters(optimizer: torch.optim.Optimizer, scheduler) -> dict:
+    """The configured optimizer hyperparameters that loading a checkpoint replaces: each param group's settings,
+    and its LR as the schedule's base LR (the group's ``lr`` is the schedule's output at the current step)."""
+    groups = [{k: v for k, v in group.items() if k not in ("params", "lr", "initial_lr")}
+              for group in optimizer.param_groups]
+    return {"base_lrs": list(scheduler.base_lrs), "groups": groups}
+
+
+def reapply_hyperparameters(configured: dict, optimizer: torch.optim.Optimizer, scheduler) -> list[str]:
+    """After loading a checkpoint, put ``configured`` (``hyperparameters`` taken before the load) back, so a
+    resume with ``optimizer.lr=...`` trains at that LR; one line per value that changed. The schedule's shape
+    (kind, warmup, milestones, length) is not a hyperparameter here: the schedule refuses a different one."""
+    changes = [f"optimizer lr {saved:g} -> {wanted:g}" for saved, wanted in
+               dict.fromkeys(zip(scheduler.base_lrs, configured["base_lrs"])) if saved != wanted]
+    scheduler.base_lrs = list(configured["base_lrs"])
+    for group, settings, lr in zip(optimizer.param_groups, configured["groups"], scheduler.base_lrs, strict=True):
+        group["initial_lr"] = lr
+        for key, wanted in settings.items():
+            saved = group.get(key)
+            if _plain(saved) != _plain(wanted) and f"optimizer {key} {saved!r} -> {wanted!r}" not in changes:
+                changes.append(f"optimizer {key} {saved!r} -> {wanted!r}")
+            group[key] = wanted
+    return changes
+
+
+def _plain(value):
+    """A group's tuple settings (Adam's betas) come back from a checkpoint as lists."""
+    return list(value) if isinstance(value, tuple) else value
+
+
 def check_model_matches(state: dict, model: torch.nn.Module, path) -> None:
     """Same parameter names and shapes, or a one-line error naming the first difference."""
     saved = {k: tuple(v.shape) for k, v in state["model"].items()}

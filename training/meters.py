@@ -60,9 +60,10 @@ class EpochTotals:
         self.count += n
 
     def mean(self, dist: DistEnv) -> dict[str, float]:
-        """train_loss and train_acc over every rank's examples (one synchronisation)."""
+        """train_loss and train_acc over every rank's examples (one synchronisation); NaN for an epoch whose
+        every step was skipped (``on_nan=skip``): there is nothing to average."""
         loss_sum, correct, count = all_reduce_sum(self.state(self.sums.device), dist).tolist()
-        return {"train_loss": loss_sum / max(count, 1), "train_acc": correct / max(count, 1)}
+        return {"train_loss": loss_sum / count if count else math.nan, "train_acc": correct / count if count else math.nan}
 
     def state(self, device: torch.device = torch.device("cpu")) -> torch.Tensor:
         """(loss_sum, correct, count) as one float64 tensor on ``device``."""

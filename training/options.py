@@ -24,6 +24,8 @@ class TrainerOptions:
     label_smoothing: float = option(0.0, number(0, 1, hi_open=True))
     closure: str = option("per_batch", one_of("per_batch", "full_batch"))  # closure optimizers' batch
     on_nan: str = option("stop", one_of("stop", "skip"))
+    # on_nan=skip: more than this fraction of an epoch's steps skipped is divergence, and stops the run
+    max_skipped_fraction: float = option(0.5, number(0, 1))
     checkpoint_every_n_steps: int | None = option(None, integer(1, nullable=True))  # also mid-epoch
     keep_last_k: int = option(1, integer(1))
     progress_bar: bool = option(False, BOOL)
@@ -34,6 +36,7 @@ class TrainerOptions:
     ema_every: int = option(1, integer(1), key="ema.every")  # update the EMA every N optimizer steps
     ema_warmup: str = option("ramp", one_of(*EMA_WARMUPS), key="ema.warmup")
     ema_lookahead: bool = option(False, BOOL, key="ema.lookahead")  # reset the trained weights to the EMA
+    profile_steps: int | None = option(None, integer(1, nullable=True))  # torch.profiler trace of N steps
 
     def __post_init__(self):
         check_fields(self, "trainer")

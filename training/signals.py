@@ -4,7 +4,6 @@ HUP is a closed terminal or a dropped ssh connection; QUIT keeps its default (a 
 """
 import signal
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Callable
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -13,9 +12,9 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 class Interrupted(Exception):
     """SIGINT/SIGTERM/SIGHUP arrived; a checkpoint was saved at the step boundary."""
 
-    def __init__(self, signum: int, step: int, run_dir: Path):
+    def __init__(self, signum: int, step: int, continue_with: str):
         super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint saved. Continue with "
-                         f"the same command plus trainer.resume=auto hydra.run.dir={run_dir}")
+                         f"the same command plus {continue_with}")
         self.signum = signum
 
 

@@ -29,6 +29,7 @@ class StepResult:
     grad_norm: torch.Tensor  # 0-dim: global L2 norm before clipping (nan for a skipped non-finite step)
     clipped: torch.Tensor  # 0-dim bool
     clip_threshold: torch.Tensor | None = None  # 0-dim: autoclip's threshold this step (None for other modes)
+    skipped: bool = False  # ``skip_nonfinite`` dropped the step: its loss was not finite, the weights stayed
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,8 @@ def train_step(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimiz
     if skip_nonfinite and not torch.isfinite(loss):
         optimizer.zero_grad(set_to_none=True)
         nan = torch.full((), float("nan"), device=loss.device)
-        return StepResult(loss.detach(), logits.detach(), y, nan, torch.zeros((), dtype=torch.bool, device=nan.device))
+        return StepResult(loss.detach(), logits.detach(), y, nan, torch.zeros((), dtype=torch.bool, device=nan.device),
+                          skipped=True)
     precision.backward(loss)
     precision.unscale_(optimizer)  # clip thresholds are in true units
     clipped = clip(_trainable(model))

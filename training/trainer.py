@@ -28,6 +28,7 @@ from training.meters import EpochTotals, PendingSteps, Stopwatch
 from training.options import TrainerOptions
 from training.progress import EpochBar
 from training.precision import Precision
+from training.profiling import profiling
 from training.signals import Interrupted, stop_signals_to
 from training.step import GradientClip, StepResult, closure_step, needs_closure, train_step
 from utils.errors import UserError
@@ -52,9 +53,11 @@ class Runtime:
 class Trainer:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, data: ImageData,
                  logger: RunLogger, runtime: Runtime, options: TrainerOptions = TrainerOptions(), *,
-                 monitor=None, config: dict | None = None):
+                 monitor=None, config: dict | None = None, continue_with: str | None = None):
         self.model, self.optimizer, self.scheduler, self.data, self.logger = model, optimizer, scheduler, data, logger
         self.options, self.monitor, self.config = options, monitor, config or {}
+        # The overrides that continue this run from its checkpoint (run.py names the sweep's directory in a sweep)
+        self.continue_with = continue_with or f"trainer.resume=auto hydra.run.dir={runtime.run_dir}"
         self.device, self.precision, self.dist = runtime.device, runtime.precision, runtime.dist
         self.run_dir = Path(runtime.run_dir)
         # DDP- and torch.compile-wrapped view of ``model`` for training steps
@@ -71,6 +74,8 @@ class Trainer:
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.best_val_acc, self.final_val_acc, self.last_finite_loss = 0.0, None, float("nan")
         self.skipped_steps, self.train_images = 0, 0  # skipped: fp16 steps the scaler dropped on overflow
+        self.nan_skipped = 0  # steps of this epoch that on_nan=skip dropped
+        self.saved_step: int | None = None  # the step of the last checkpoint written or resumed from
         self.stopwatch = Stopwatch(device=self.device)
         self.totals, self.pending = EpochTotals(self.device), PendingSteps()
         self.stop_signal: int | None = None
@@ -83,7 +88,9 @@ class Trainer:
         self.logger.open(purge_step=self.global_step)
         self.logger.truncate_epochs(self.epoch)  # and its metric lines (also on a fresh start)
         try:
-            with stop_signals_to(self._request_stop):
+            with stop_signals_to(self._request_stop), profiling(self.options.profile_steps if self.dist.is_main
+                                                                  else None, self.run_dir / "profile",
+                                                                  self.device) as profile_step:
                 while self.epoch < self.options.epochs and not self.max_steps_reached():
                     self._agree_on_stop()
                     if self.should_stop(self.global_step):  # the signal came during evaluation
@@ -100,6 +107,7 @@ class Trainer:
                         if self.ema is not None:
                             self.ema.step(self.model, self.global_step)
                         bar.update()
+                        profile_step()
                         if self.should_log(self.global_step):
                             self._show(bar, self._log_steps())
                             self._agree_on_stop()
@@ -175,14 +183,36 @@ class Trainer:
                             clip=self.clip)
 
     def _count(self, result: StepResult) -> None:
-        """Add the step to the epoch's totals and the pending log, on the device; advance the counters."""
+        """Add the step to the epoch's totals (a skipped step to the skip count) and the pending log, on the
+        device; advance the counters."""
         self.step_in_epoch += 1
         self.global_step += 1
         n = len(result.labels)
         correct = (result.logits.argmax(1) == result.labels).sum()
-        self.totals.add(result.loss, correct, n)
+        if result.skipped:
+            self._skipped(float(result.loss))
+        else:
+            self.totals.add(result.loss, correct, n)
         self.pending.add(self.global_step - 1, self.optimizer.param_groups[0]["lr"], result, correct)
         self.train_images += n * self.dist.world_size
+
+    def _skipped(self, loss: float) -> None:
+        """on_nan=skip dropped a step: past ``max_skipped_fraction`` of an epoch's steps that is divergence, not
+        a bad batch, and stops the run."""
+        self.nan_skipped += 1
+        steps = len(self.data.train)  # closure optimizers never skip (training/step.py)
+        if self.nan_skipped > self.options.max_skipped_fraction * steps:
+            raise DivergenceError(
+                f"trainer.on_nan=skip skipped {self.nan_skipped} of the {steps} steps of epoch {self.epoch + 1} "
+                f"(loss {loss} at step {self.global_step - 1}), more than trainer.max_skipped_fraction="
+                f"{self.options.max_skipped_fraction:g}; {self._divergence_advice()}")
+
+    def _divergence_advice(self) -> str:
+        """What to do after divergence: the checkpoint to continue from, with settings a resume applies."""
+        if self.saved_step is None:
+            return "no checkpoint was written yet. Start again with a lower optimizer.lr or trainer.clip.mode=norm"
+        return (f"the last checkpoint (step {self.saved_step}) is intact. Continue from it at a lower LR: the same "
+                f"command plus {self.continue_with} optimizer.lr=<lower> (or trainer.clip.mode=norm)")
 
     def _log_steps(self) -> tuple | None:
         """Write the pending steps' numbers (one synchronisation), stopping on a non-finite loss unless
@@ -195,8 +225,7 @@ class Trainer:
                 if self.options.on_nan == "stop":
                     raise DivergenceError(
                         f"loss became {loss} at step {step} (lr {lr:.4g}, last finite loss "
-                        f"{self.last_finite_loss:.4g}); the last checkpoint is intact. Lower the LR, add "
-                        f"trainer.clip.mode=norm, or set trainer.on_nan=skip")
+                        f"{self.last_finite_loss:.4g}); {self._divergence_advice()}")
                 continue
             self.last_finite_loss = loss
             self.logger.scalars({"train/loss": loss, "train/acc": acc, "lr": lr, "grad_norm": norm,
@@ -228,14 +257,14 @@ class Trainer:
         """Checkpoint here; raise Interrupted after a signal, else return the unfinished run's summary."""
         self.save_checkpoint()
         if self.stop_signal is not None:
-            raise Interrupted(self.stop_signal, self.global_step, self.run_dir)
+            raise Interrupted(self.stop_signal, self.global_step, self.continue_with)
         return self.summary(finished=False)
 
     def _end_epoch(self, train: dict, val: dict | None, val_ema: dict | None = None) -> None:
         """Record the epoch (val_loss, val_acc only when ``val`` was measured; val_ema_* the EMA's) and
         checkpoint it."""
         self.epoch += 1
-        self.step_in_epoch = 0
+        self.step_in_epoch = self.nan_skipped = 0
         scores = {} if val is None else {"val_loss": val["loss"], "val_acc": val["acc"]}
         if val_ema is not None:
             scores.update({"val_ema_loss": val_ema["loss"], "val_ema_acc": val_ema["acc"]})
@@ -299,7 +328,8 @@ class Trainer:
                 "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
                 "best_val_acc": self.best_val_acc, "final_val_acc": self.final_val_acc,
                 "train_seconds": self.stopwatch.total, "train_images": self.train_images,
-                "skipped_steps": self.skipped_steps, "accumulators": self.totals.state(),
+                "skipped_steps": self.skipped_steps, "nan_skipped": self.nan_skipped,
+                "accumulators": self.totals.state(),
                 "rng": rng_state(), "world_size": self.dist.world_size, "config": self.config,
                 "autoclip": self.clip.auto.state_dict() if self.clip.auto is not None else None,
                 "ema": self.ema.state_dict() if self.ema is not None else None}
@@ -312,7 +342,7 @@ class Trainer:
         self.epoch, self.step_in_epoch, self.global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
         self.best_val_acc, self.final_val_acc = state["best_val_acc"], state["final_val_acc"]
         self.stopwatch, self.train_images = Stopwatch(state["train_seconds"], self.device), state["train_images"]
-        self.skipped_steps = state["skipped_steps"]
+        self.skipped_steps, self.nan_skipped = state["skipped_steps"], state.get("nan_skipped", 0)
         self.totals = EpochTotals(self.device, state["accumulators"])
         if self.clip.auto is not None and state.get("autoclip") is not None:
             self.clip.auto.load_state_dict(state["autoclip"])
@@ -329,6 +359,7 @@ class Trainer:
         if self.dist.is_main:
             checkpoint.save(self.state_dict(), self.run_dir / "checkpoints", keep_last_k=self.options.keep_last_k,
                             best=best)
+        self.saved_step = self.global_step
 
     def resume(self, path: str | Path) -> None:
         state = checkpoint.load(path)
@@ -337,7 +368,22 @@ class Trainer:
         if state["world_size"] != self.dist.world_size and state["step_in_epoch"]:
             raise checkpoint.CheckpointError(
                 f"{path} was saved mid-epoch by {state['world_size']} processes; resume it with the same number")
+        configured = checkpoint.hyperparameters(self.optimizer, self.scheduler)
         self.load_state_dict(state)
+        for change in checkpoint.reapply_hyperparameters(configured, self.optimizer, self.scheduler):
+            log.info("resumed with a changed config: %s (the config's value applies from here on)", change)
+        self.saved_step = self.global_step
         self.logger.truncate_epochs(self.epoch)
         log.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.global_step)
+
+    def init_from(self, path: str | Path) -> None:
+        """A new run starting from a checkpoint's weights (and batch-norm statistics): the optimizer, the schedule,
+        the counters and the RNGs stay this run's own (fine-tuning, a warm start)."""
+        state = checkpoint.load(path)
+        checkpoint.check_model_matches(state, self.model, path)
+        self.model.load_state_dict(state["model"])
+        if self.ema is not None:  # the average starts from the weights the run starts from
+            self.ema.module.load_state_dict(state["model"])
+        log.info("weights from %s (its epoch %d, step %d); a fresh optimizer and schedule", path, state["epoch"],
+                 state["global_step"])
 
