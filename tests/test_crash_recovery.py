@@ -256,7 +256,8 @@ def test_sigkill_then_resume_keeps_every_tensorboard_scalar(tmp_path):
     assert (epoch_end["global_step"], epoch_end["step_in_epoch"]) == (16, 0)
     assert 16 < mid_epoch["global_step"] < 48 and mid_epoch["global_step"] % 3 == 0
     expected, shown = tensorboard_scalars(tmp_path / "reference"), tensorboard_scalars(run_dir)
-    assert {"val/acc", "train/epoch_loss", "amp/loss_scale", "grad_norm/head", "test/acc"} <= expected.keys()
+    assert {"val/acc", "train/epoch_loss", "watch/amp_loss_scale", "weights/grad_norm/head",
+            "test/acc"} <= expected.keys()
     assert shown.keys() == expected.keys()
-    for tag in expected:
+    for tag in expected.keys() - {"hparam/wall_time", "hparam/train_images_per_sec"}:  # clock readings differ
         assert shown[tag] == expected[tag], tag

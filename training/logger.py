@@ -27,12 +27,12 @@ LAYOUT = {
         "learning rate": ["Multiline", ["^lr$"]],
     },
     "2 gradient and clipping": {
-        "gradient norm before clipping": ["Multiline", ["^grad_norm$"]],
-        "clipping fired": ["Multiline", ["^clip/fired$"]],
+        "gradient norm before clipping": ["Multiline", ["^watch/grad_norm$"]],
+        "clipping fired": ["Multiline", ["^watch/clip_fired$"]],
     },
     "3 per layer": {
-        "gradient norm per layer": ["Multiline", ["^grad_norm/"]],
-        "weight norm per layer": ["Multiline", ["^weight_norm/"]],
+        "gradient norm per layer": ["Multiline", ["^weights/grad_norm/"]],
+        "weight norm per layer": ["Multiline", ["^weights/norm/"]],
     },
 }
 
@@ -74,6 +74,13 @@ class RunLogger:
         if self.enabled:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(finite_or_null(record), allow_nan=False) + "\n")
+
+    def records(self) -> list[dict]:
+        """The records of ``metrics.jsonl`` so far, in order (none when this rank does not write)."""
+        path = self.run_dir / "metrics.jsonl"
+        if not (self.enabled and path.exists()):
+            return []
+        return [r for r in map(_parse, path.read_text(errors="replace").splitlines()) if r is not None]
 
     def truncate_epochs(self, keep_through_epoch: int) -> None:
         """On resume: drop metric lines written after the checkpoint we resume from (the test scores, written after

@@ -37,6 +37,11 @@ from utils.seed import rng_state, set_rng_state
 log = logging.getLogger(__name__)
 
 
+# The HPARAMS tab's metric columns (summary.json keys): how well, and how fast.
+HPARAM_METRICS = ("best_val_acc", "final_val_acc", "best_val_loss", "final_val_loss", "test_acc", "test_loss",
+                  "wall_time", "train_images_per_sec")
+
+
 class DivergenceError(RuntimeError):
     """The loss became non-finite; the last good checkpoint is left as it was."""
 
@@ -231,14 +236,14 @@ class Trainer:
                         f"{self.last_finite_loss:.4g}); {self._divergence_advice()}")
                 continue
             self.last_finite_loss = loss
-            self.logger.scalars({"train/loss": loss, "train/acc": acc, "lr": lr, "grad_norm": norm,
-                                 "clip/fired": clipped}, step)
+            self.logger.scalars({"train/loss": loss, "train/acc": acc, "lr": lr, "watch/grad_norm": norm,
+                                 "watch/clip_fired": clipped}, step)
             if self.clip.auto is not None:
-                self.logger.scalars({"clip/threshold": threshold}, step)
+                self.logger.scalars({"watch/clip_threshold": threshold}, step)
         if rows and self.precision.uses_scaler:
             self.skipped_steps += sum(not math.isfinite(row[4]) for row in rows)
-            self.logger.scalars({"amp/loss_scale": self.precision.scale(),
-                                 "amp/skipped_steps": self.skipped_steps}, self.last_step)
+            self.logger.scalars({"watch/amp_loss_scale": self.precision.scale(),
+                                 "watch/amp_skipped_steps": self.skipped_steps}, self.last_step)
         return rows[-1] if rows else None
 
     def _progress_bar(self) -> tqdm:
@@ -295,10 +300,12 @@ class Trainer:
         test = self._test()
         self.logger.epoch({"epoch": self.epoch, **test})
         self.logger.scalars({f"test/{k[5:]}": v for k, v in test.items() if isinstance(v, float)}, self.global_step)
-        summary = {**self.summary(finished=True), **test}
+        val_losses = [r["val_loss"] for r in self.logger.records() if r.get("val_loss") is not None]
+        summary = {**self.summary(finished=True), **test, "best_val_loss": min(val_losses, default=None),
+                   "final_val_loss": val_losses[-1] if val_losses else None}
         self.logger.hparams(self.config.get("hparams", {}),
-                            {f"hparam/{k}": summary[k] for k in ("best_val_acc", "final_val_acc", "test_acc")
-                             if summary[k] is not None}, self.global_step)
+                            {f"hparam/{k}": summary[k] for k in HPARAM_METRICS if summary.get(k) is not None},
+                            self.global_step)
         self.logger.summary(summary)
         return summary
 
