@@ -32,6 +32,7 @@ from training.precision import Precision
 from training.profiling import profiling
 from training.signals import Interrupted, stop_signals_to
 from training.step import GradientClip, StepResult, closure_step, needs_closure, train_step
+from utils.errors import ConfigError
 from utils.seed import rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
@@ -403,7 +404,14 @@ class Trainer:
             raise checkpoint.CheckpointError(
                 f"{path} was saved mid-epoch by {state['world_size']} processes; resume it with the same number")
         configured = checkpoint.hyperparameters(self.optimizer, self.scheduler)
-        self.load_state_dict(state)
+        try:
+            self.load_state_dict(state)
+        except ConfigError:  # the schedule's own refusal (another run length) says what to do
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:  # e.g. a malformed RNG state
+            reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else "no details"
+            raise checkpoint.CheckpointError(f"{path} does not fit this run ({type(e).__name__}: {reason}); resume "
+                                             f"with the config that wrote it, or from another file") from None
         for change in checkpoint.reapply_hyperparameters(configured, self.optimizer, self.scheduler):
             log.info("resumed with a changed config: %s (the config's value applies from here on)", change)
         self.saved_step = self.global_step
