@@ -105,3 +105,16 @@ def test_fast_recipe_learns_a_cifar10_subset(cfg, tmp_path):
     summary = train(cfg("experiment=cifar10_fast", f"data.root={CIFAR_FOLDER}", "data.train_subset=10240",
                         "data.test_subset=2000", "data.batch_size=512", "trainer.epochs=4", "logger=none"), tmp_path)
     assert summary["test_acc"] >= 0.65  # measured 0.7305 (4 epochs of 10,240 images, ~2 min on 2 threads)
+
+
+def test_dirac_and_data_whitening_can_be_switched_off():
+    images, mean, std = smooth_images(), (0.5, 0.5, 0.5), (0.2, 0.2, 0.2)
+    torch.manual_seed(0)
+    default, plain = AirbenchNet(), AirbenchNet(dirac=False, whiten_from_data=False)
+    conv = default.blocks[1].conv1.weight  # 64 -> 256: the first 64 filters are the identity
+    assert torch.equal(conv[:64, :, 1, 1], torch.eye(64)) and conv[:64].abs().sum() == 64
+    assert not torch.equal(plain.blocks[1].conv1.weight[:64, :, 1, 1], torch.eye(64))
+    before = plain.whiten.weight.clone()
+    plain.init_from_data(images, mean, std, samples=len(images))
+    assert torch.equal(plain.whiten.weight, before) and plain.whiten.weight.requires_grad
+    assert plain.frozen_parameters == () and default.frozen_parameters == ("whiten.weight",)
