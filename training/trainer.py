@@ -315,7 +315,7 @@ class Trainer:
         differ. ``test_acc`` is the selected weights' score: best.pt's, or the last weights' without a val split."""
         scores = self.evaluate(self.data.test)
         last = {"test_loss_last": scores["loss"], "test_acc_last": scores["acc"]}
-        if self.ema is not None:
+        if self.ema is not None and not self.ema.lookahead:  # with lookahead the last weights are the EMA
             ema = self._evaluate_ema(self.data.test)
             last.update({"test_loss_ema": ema["loss"], "test_acc_ema": ema["acc"]})
         if self.data.val is None:
