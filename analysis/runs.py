@@ -76,8 +76,8 @@ class Run:
         return np.array([(s.step + 1) / steps_per_epoch for s in scalars]), np.array([s.value for s in scalars])
 
     def grad_norm(self) -> tuple[np.ndarray, np.ndarray]:
-        """(epoch, norm): per step from TensorBoard's ``grad_norm``, else per epoch from metrics.jsonl."""
-        return self.step_scalars("grad_norm") or self.curve("grad_norm")
+        """(epoch, norm): per step from TensorBoard's ``watch/grad_norm``, else per epoch from metrics.jsonl."""
+        return self.step_scalars("watch/grad_norm") or self.curve("grad_norm")
 
 
 def read_run(directory: Path) -> Run:

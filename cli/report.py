@@ -131,7 +131,14 @@ def job_dirname(num: int, sweep_dir: str, overrides) -> str:
     return f"{num:02d}_" + ",".join(shown).replace("/", "-")
 
 
+def run_name(experiment, model, optimizer) -> str:
+    """A single run's name, the end of its directory and so its TensorBoard run name: the experiment, or else
+    ``<model>_<optimizer>`` (``resnet20_sgd``)."""
+    return str(experiment) if experiment not in (None, "None") else f"{model}_{optimizer}"
+
+
 OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
+OmegaConf.register_new_resolver("run_name", run_name, replace=True)
 
 
 def _write_summary(run_dir: Path, **values) -> dict:

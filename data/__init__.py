@@ -86,7 +86,7 @@ def channel_stats(images: torch.Tensor, chunk: int = 1024) -> tuple[tuple[float,
 
 def build(*, source: str, root: str, download: bool = False, batch_size: int = 128,
           eval_batch_size: int = 1000, val_split: int = 0, train_subset: int | None = None,
-          val_subset: int | None = None, test_subset: int | None = None, crop_padding: int = 0, flip: bool = False,
+          val_subset: int | None = None, test_subset: int | None = None, crop_padding: int = 0, flip: bool | str = False,
           seed: int = 0, num_classes: int, in_channels: int, image_size: int, rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu",
           memory_format: torch.memory_format = torch.contiguous_format) -> ImageData:
     """Load the source's two splits into memory, hold ``val_split`` training images out, and wrap all three in

@@ -4,6 +4,10 @@ The dataset lives as one uint8 tensor (N, C, H, W). Each epoch draws, from a gen
 (seed, epoch), a permutation and every image's crop offset and flip at once, so an epoch is a pure
 function of (seed, epoch): resuming at batch k of epoch e needs no saved generator, and under DDP
 every rank sees the same permutation and takes its own slice of each global batch.
+
+``flip``: False (never), True (each image flipped with probability 1/2, drawn anew each epoch) or ``alternating``
+(airbench94): each image gets one coin for the run; in epoch e it is flipped iff coin XOR (e odd), so every image
+is seen flipped in exactly one of any two consecutive epochs.
 """
 import itertools
 from typing import Iterator
@@ -21,6 +25,13 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state))
 
 
+def run_generator(seed: int) -> torch.Generator:
+    """A generator for draws made once per run, apart from every (seed, epoch) stream: a spawn key pads the
+    entropy to numpy's 4-word pool and appends itself, so the pool never equals an [seed, epoch] one."""
+    (state,) = np.random.SeedSequence(seed, spawn_key=(1,)).generate_state(1, dtype=np.uint64)
+    return torch.Generator().manual_seed(int(state))
+
+
 class BatchLoader:
     """Yields (inputs float32 normalised, labels int64) batches from uint8 images held in memory on ``device``,
     in ``memory_format``.
@@ -31,11 +42,12 @@ class BatchLoader:
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int,
                  mean: tuple[float, ...], std: tuple[float, ...], shuffle: bool, drop_last: bool,
-                 crop_padding: int = 0, flip: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 crop_padding: int = 0, flip: bool | str = False, seed: int = 0, rank: int = 0, world_size: int = 1,
                  device: torch.device | str = "cpu", memory_format: torch.memory_format = torch.contiguous_format):
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         require(batch_size >= 1, "data.batch_size", batch_size, "an integer >= 1")
+        require(isinstance(flip, bool) or flip == "alternating", "data.flip", flip, "true, false or alternating")
         require(crop_padding >= 0, "data.crop_padding", crop_padding, "an integer >= 0")
         require(0 <= rank < world_size, "rank", rank, f"an integer in [0, world_size={world_size})")
         self.images, self.labels = images.to(device), labels.to(device)  # the whole uint8 set: 150 MB for CIFAR-10
@@ -47,6 +59,7 @@ class BatchLoader:
         std_255 = torch.tensor(std, dtype=torch.float32).view(1, channels, 1, 1) * 255
         self._mean, self._inv_std = mean_255.to(device), (1 / std_255).to(device)
         self.epoch, self.start_batch = 0, 0
+        self._coin_cache: torch.Tensor | None = None
 
     @property
     def num_examples(self) -> int:
@@ -90,8 +103,19 @@ class BatchLoader:
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
         dy = torch.randint(0, 2 * p + 1, (n,), generator=gen) if p else torch.zeros(n, dtype=torch.long)
         dx = torch.randint(0, 2 * p + 1, (n,), generator=gen) if p else torch.zeros(n, dtype=torch.long)
-        flip = torch.randint(0, 2, (n,), generator=gen).bool() if self.flip else torch.zeros(n, dtype=torch.bool)
+        if self.flip == "alternating":
+            flip = self._coins()[order] ^ bool(self.epoch % 2)
+        elif self.flip:
+            flip = torch.randint(0, 2, (n,), generator=gen).bool()
+        else:
+            flip = torch.zeros(n, dtype=torch.bool)
         return order.to(device), dy.to(device), dx.to(device), flip.to(device)
+
+    def _coins(self) -> torch.Tensor:
+        """The alternating flip's coin of each image (bool (N,)), drawn once per run from the seed."""
+        if self._coin_cache is None:
+            self._coin_cache = torch.randint(0, 2, (self.num_examples,), generator=run_generator(self.seed)).bool()
+        return self._coin_cache
 
     def _make_batch(self, idx, dy, dx, flip) -> torch.Tensor:
         x = self.images[idx]  # (B, C, H, W) uint8

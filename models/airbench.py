@@ -7,7 +7,8 @@
     head    global max pool -> linear 256 -> 10 (no bias) -> x 1/9
 
 1.97M parameters, 0.24 GFLOP per 32x32 image forward. BN layers learn a shift only (no scale); the first ``cin``
-filters of each 3x3 conv start as the identity (dirac). airbench raises the LR of BN shifts 64x with a separate
+filters of each 3x3 conv start as the identity (dirac; ``dirac=False``: PyTorch's default init only).
+``whiten_from_data=False`` leaves the 2x2 layer at PyTorch's default init and trains it like the others. airbench raises the LR of BN shifts 64x with a separate
 parameter group; here each shift is stored divided by ``bias_scale`` = 8 and multiplied back in ``forward``, which
 under SGD moves it 8^2 = 64 times faster with the optimizer's ordinary parameter groups.
 """
@@ -29,17 +30,18 @@ class ShiftBatchNorm(nn.BatchNorm2d):
                             self.training, self.momentum, self.eps)
 
 
-def dirac_conv(cin: int, cout: int) -> nn.Conv2d:
+def conv3x3(cin: int, cout: int, dirac: bool) -> nn.Conv2d:
     conv = nn.Conv2d(cin, cout, 3, padding="same", bias=False)
-    with torch.no_grad():
-        nn.init.dirac_(conv.weight[:cin])  # the first cin filters pass the input through
+    if dirac:
+        with torch.no_grad():
+            nn.init.dirac_(conv.weight[:cin])  # the first cin filters pass the input through
     return conv
 
 
 class ConvGroup(nn.Module):
-    def __init__(self, cin: int, cout: int, bn_momentum: float, bias_scale: float):
+    def __init__(self, cin: int, cout: int, bn_momentum: float, bias_scale: float, dirac: bool = True):
         super().__init__()
-        self.conv1, self.conv2 = dirac_conv(cin, cout), dirac_conv(cout, cout)
+        self.conv1, self.conv2 = conv3x3(cin, cout, dirac), conv3x3(cout, cout, dirac)
         self.norm1 = ShiftBatchNorm(cout, bn_momentum, bias_scale)
         self.norm2 = ShiftBatchNorm(cout, bn_momentum, bias_scale)
 
@@ -49,26 +51,29 @@ class ConvGroup(nn.Module):
 
 
 class AirbenchNet(nn.Module):
-    frozen_parameters = ("whiten.weight",)  # set from the data, never trained (the sanity checks expect no gradient)
-
     def __init__(self, *, in_channels: int = 3, num_classes: int = 10, widths: tuple[int, int, int] = (64, 256, 256),
                  bn_momentum: float = 0.4, bias_scale: float = 8.0, logit_scale: float = 1 / 9,
-                 whiten_eps: float = 5e-4):
+                 whiten_eps: float = 5e-4, whiten_from_data: bool = True, dirac: bool = True):
         super().__init__()
         whiten_width = 2 * in_channels * 2 * 2
         self.whiten = nn.Conv2d(in_channels, whiten_width, 2, padding=0, bias=True)
-        self.whiten.weight.requires_grad_(False)
+        self.whiten.weight.requires_grad_(not whiten_from_data)
+        # set from the data, never trained (the sanity checks then expect no gradient)
+        self.frozen_parameters = ("whiten.weight",) if whiten_from_data else ()
         cins = (whiten_width, *widths[:-1])
-        self.blocks = nn.Sequential(*(ConvGroup(cin, cout, bn_momentum, bias_scale) for cin, cout in zip(cins, widths)))
+        self.blocks = nn.Sequential(*(ConvGroup(cin, cout, bn_momentum, bias_scale, dirac)
+                                      for cin, cout in zip(cins, widths)))
         self.head = nn.Linear(widths[-1], num_classes, bias=False)
-        self.logit_scale, self.whiten_eps = logit_scale, whiten_eps
+        self.logit_scale, self.whiten_eps, self.whiten_from_data = logit_scale, whiten_eps, whiten_from_data
 
     @torch.no_grad()
     def init_from_data(self, images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...],
                        samples: int = 5000) -> None:
         """Set the whitening filters from ``samples`` evenly spaced training images (uint8 (N, C, H, W), normalised
         here with the loader's ``mean`` and ``std``): for each eigenpair (l, v) of the covariance of their 2x2
-        patches, the filters +-v / sqrt(l + eps)."""
+        patches, the filters +-v / sqrt(l + eps). Nothing with ``whiten_from_data=False``."""
+        if not self.whiten_from_data:
+            return
         c, k = self.whiten.in_channels, self.whiten.kernel_size[0]
         x = images[::max(1, len(images) // samples)].float() / 255  # evenly spaced: folders are sorted by class
         x = (x - x.new_tensor(mean).view(1, c, 1, 1)) / x.new_tensor(std).view(1, c, 1, 1)

@@ -89,9 +89,9 @@ def test_a_run_logs_the_percentile_of_its_own_gradient_norms_as_clip_threshold(c
     trainer.fit()
     events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0})
     events.Reload()
-    norms = [s.value for s in events.Scalars("grad_norm")]
-    thresholds = [s.value for s in events.Scalars("clip/threshold")]
-    fired = [s.value for s in events.Scalars("clip/fired")]
+    norms = [s.value for s in events.Scalars("watch/grad_norm")]
+    thresholds = [s.value for s in events.Scalars("watch/clip_threshold")]
+    fired = [s.value for s in events.Scalars("watch/clip_fired")]
     assert len(norms) == len(thresholds) == 10  # 5 steps per epoch, every one logged
     for t, threshold in enumerate(thresholds):
         assert threshold == pytest.approx(np.percentile(norms[max(0, t - 5):t + 1], 20), rel=1e-5)

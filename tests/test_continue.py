@@ -36,7 +36,8 @@ def test_a_finished_cosine_run_is_not_stretched(tmp_path):
     with pytest.raises(ConfigError) as refused:
         train(compose_cfg(*RUN, "scheduler=cosine", "trainer.epochs=2", "trainer.resume=auto"), tmp_path)
     message = str(refused.value)
-    assert "changed from 4 to 8 steps" in message and "the LR would jump from 0.0146 (step 3) to 0.05 (step 4)" in message
+    assert "changed from 4 to 8 steps" in message
+    assert "the LR would jump from 0.0146 (step 3) to 0.05 (step 4)" in message
     assert "trainer.init_from=" in message and (tmp_path / "checkpoints" / "last.pt").read_bytes() == before
 
 

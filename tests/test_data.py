@@ -165,3 +165,42 @@ def test_channel_stats_are_exact_without_a_float_copy_of_the_set():
     assert largest.nbytes <= images.nbytes // 2, largest.nbytes
     x = images.transpose(0, 1).reshape(3, -1).double() / 255
     assert mean == pytest.approx(x.mean(1).tolist(), rel=1e-14) and std == pytest.approx(x.std(1).tolist(), rel=1e-12)
+
+
+def flipped(loader, epoch: int) -> torch.Tensor:
+    """Whether each image (labels = index) was served mirrored in ``epoch`` (bool (N,)); every image is checked to
+    be itself or its mirror."""
+    loader.set_epoch(epoch)
+    seen = torch.zeros(loader.num_examples, dtype=torch.bool)
+    for x, y in loader:
+        plain, mirrored = (loader._normalise(loader.images[y]), loader._normalise(loader.images[y].flip(-1)))
+        is_mirrored = (x == mirrored).flatten(1).all(1)
+        assert (is_mirrored | (x == plain).flatten(1).all(1)).all()
+        seen[y] = is_mirrored
+    return seen
+
+
+def test_alternating_flip_mirrors_each_image_in_exactly_one_of_two_consecutive_epochs():
+    loader = make_loader(n=96, flip="alternating", drop_last=False)
+    epochs = [flipped(loader, e) for e in range(5)]
+    for a, b in zip(epochs, epochs[1:]):
+        assert torch.equal(a, ~b)
+    assert 20 < int(epochs[0].sum()) < 76  # a coin per image, not one for all
+    assert torch.equal(flipped(make_loader(n=96, flip="alternating", drop_last=False), 3), epochs[3])  # seeded
+    assert not torch.equal(flipped(make_loader(n=96, flip="alternating", drop_last=False, seed=4), 0), epochs[0])
+    loader.set_epoch(3)
+    full = list(loader)
+    loader.set_epoch(3, start_batch=2)
+    for (x, y), (xf, yf) in zip(loader, full[2:], strict=True):  # resumed mid-epoch: the same batches
+        assert torch.equal(x, xf) and torch.equal(y, yf)
+
+
+def test_random_flip_is_not_alternating():
+    loader = make_loader(n=96, flip=True, drop_last=False)
+    a, b = flipped(loader, 0), flipped(loader, 1)
+    assert (a == b).any() and (a != b).any()
+
+
+def test_flip_refuses_an_unknown_mode():
+    with pytest.raises(ValueError, match="data.flip='sometimes' is invalid: allowed true, false or alternating"):
+        make_loader(flip="sometimes")

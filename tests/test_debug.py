@@ -43,6 +43,7 @@ def test_profile_writes_a_trace_of_its_steps_and_an_operator_table(tmp_path):
     summary, _ = run(tmp_path, "debug=profile", "trainer.device=cpu")
     assert summary["global_step"] == 12
     trace, = (tmp_path / "profile").glob("*.pt.trace.json")
-    steps = {e["name"] for e in json.loads(trace.read_text())["traceEvents"] if e.get("name", "").startswith("Profiler")}
+    events = json.loads(trace.read_text())["traceEvents"]
+    steps = {e["name"] for e in events if e.get("name", "").startswith("Profiler")}
     assert {f"ProfilerStep#{i}" for i in range(2, 12)} <= steps  # 1 skipped, 1 warm-up, 10 recorded
     assert "aten::addmm" in (tmp_path / "profile" / "ops.txt").read_text()

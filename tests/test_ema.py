@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from cli.compose import train
 from conftest import DATA_ROOT, REPO
 from test_errors import assert_one_line_error
 from test_resume import assert_same, final_state, metrics
@@ -128,12 +129,19 @@ def test_run_with_ema_stopped_and_resumed_in_new_processes_equals_an_uninterrupt
     assert_same(saved, final_state(tmp_path / "stopped"))
     assert metrics(tmp_path / "reference") == metrics(tmp_path / "stopped")
     records = metrics(tmp_path / "reference")
-    assert all("val_ema_acc" in r for r in records[:2]) and "test_acc_ema" in records[-1]
+    assert all("val_ema_acc" in r for r in records[:2])
+    assert "test_acc_ema" not in records[-1]  # with lookahead the last weights are the EMA's: scored once
     events = EventAccumulator(str(tmp_path / "reference" / "tb")).Reload()
     assert [e.step for e in events.Scalars("val_ema/acc")] == [e.step for e in events.Scalars("val/acc")]
     assert len(events.Scalars("val_ema/acc")) == 2
-    summary = json.loads((tmp_path / "reference" / "summary.json").read_text())
-    assert 0.5 < summary["test_acc_ema"] <= 1
+
+
+@pytest.mark.needs_data
+def test_without_lookahead_the_ema_is_scored_on_val_and_test_beside_the_trained_weights(cfg, tmp_path):
+    summary = train(cfg("model.hidden_sizes=[32]", "trainer.ema.decay=0.9", "logger=none"), tmp_path)
+    (record,) = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()[:1]]
+    assert 0.5 < record["val_ema_acc"] <= 1 and record["val_ema_loss"] != record["val_loss"]
+    assert 0.5 < summary["test_acc_ema"] <= 1 and summary["test_loss_ema"] != summary["test_loss_last"]
 
 
 @pytest.mark.parametrize("value", ["1.0", "-0.1"])

@@ -103,6 +103,7 @@ CHECKPOINT_CASES = {
     "zeroed_block": ([], ["zeroed_block.pt fails its checksum"]),
     "non_finite": ([], ["non_finite.pt holds non-finite weights (NaN or inf in 'layers.0.0.weight')"]),
     "no_accumulators": ([], ["no_accumulators.pt lacks accumulators; it is incomplete"]),
+    "malformed_rng": ([], ["malformed_rng.pt does not fit this run (TypeError: ", "or from another file"]),
     "other_model": (["model=cnn"], ["holds a different model", "resume with the config that wrote it"]),
     "other_optimizer": (["optimizer=adam"], ["was written with optimizer._target_='optimizers.SGD', "
                                              "this run has 'optimizers.Adam'; resume with the config that wrote it"]),
@@ -150,6 +151,9 @@ def bad_checkpoints(tmp_path_factory):
     state = checkpoint.load(good)
     del state["accumulators"]
     save_with_checksum(state, tmp / "no_accumulators.pt")
+    state = checkpoint.load(good)
+    state["rng"]["python"] = [3, [1, 2], None]  # checksummed, loads, and random.setstate cannot take it
+    save_with_checksum(state, tmp / "malformed_rng.pt")
     for name in CHECKPOINT_CASES:
         (tmp / name / "checkpoints").mkdir(parents=True)
         (tmp / name / "checkpoints" / "last.pt").write_bytes(good.read_bytes())

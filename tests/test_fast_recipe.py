@@ -105,3 +105,38 @@ def test_fast_recipe_learns_a_cifar10_subset(cfg, tmp_path):
     summary = train(cfg("experiment=cifar10_fast", f"data.root={CIFAR_FOLDER}", "data.train_subset=10240",
                         "data.test_subset=2000", "data.batch_size=512", "trainer.epochs=4", "logger=none"), tmp_path)
     assert summary["test_acc"] >= 0.65  # measured 0.7305 (4 epochs of 10,240 images, ~2 min on 2 threads)
+
+
+def test_dirac_and_data_whitening_can_be_switched_off():
+    images, mean, std = smooth_images(), (0.5, 0.5, 0.5), (0.2, 0.2, 0.2)
+    torch.manual_seed(0)
+    default, plain = AirbenchNet(), AirbenchNet(dirac=False, whiten_from_data=False)
+    conv = default.blocks[1].conv1.weight  # 64 -> 256: the first 64 filters are the identity
+    assert torch.equal(conv[:64, :, 1, 1], torch.eye(64)) and conv[:64].abs().sum() == 64
+    assert not torch.equal(plain.blocks[1].conv1.weight[:64, :, 1, 1], torch.eye(64))
+    before = plain.whiten.weight.clone()
+    plain.init_from_data(images, mean, std, samples=len(images))
+    assert torch.equal(plain.whiten.weight, before) and plain.whiten.weight.requires_grad
+    assert plain.frozen_parameters == () and default.frozen_parameters == ("whiten.weight",)
+
+
+def test_airbench94_recipe_adds_alternating_flips_and_lookahead_to_the_fast_one(cfg):
+    fast, c = cfg("experiment=cifar10_fast"), cfg("experiment=cifar10_94")
+    assert (c.data.flip, c.data.val_split, c.trainer.max_steps) == ("alternating", 0, 476)  # ceil(9.9 x 48)
+    assert dict(c.trainer.ema) == {"decay": pytest.approx(0.95 ** 5, abs=1e-5), "every": 5, "warmup": "cubic",
+                                   "lookahead": True}
+    assert c.optimizer == fast.optimizer and c.scheduler == fast.scheduler and c.model == fast.model
+
+
+@pytest.mark.needs_data
+def test_airbench94_recipe_ends_on_its_ema_weights(cfg, tmp_path):
+    """The recipe's parts together on MNIST (a small run): 2 epochs of 8 steps, lookahead every 5 steps."""
+    trainer = build_trainer(cfg("experiment=cifar10_94", "data=mnist", "data.train_subset=2048",
+                                "data.batch_size=256", "trainer.epochs=2", "logger=none", "trainer.tta=none"),
+                            tmp_path)
+    assert trainer.data.val is None and trainer.data.train.flip == "alternating" and trainer.scheduler.total_steps == 16
+    summary = trainer.fit()
+    assert trainer.ema.updates == 3  # steps 5, 10, 15; step 16 copies the EMA back
+    for fast, slow in zip(trainer.model.state_dict().values(), trainer.ema.module.state_dict().values()):
+        assert torch.equal(fast, slow)
+    assert summary["test_acc"] > 0.5 and "test_acc_ema" not in summary

@@ -55,9 +55,9 @@ def test_every_n_steps_it_records_each_layers_gradient_and_weight_norm(tmp_path)
     (events,) = (tmp_path / "tb").glob("events.out.tfevents.*")
     acc = EventAccumulator(str(events))
     acc.Reload()
-    assert [e.step for e in acc.Scalars("grad_norm/layers.1.1")] == [0, 2, 4]
-    assert acc.Scalars("weight_norm/head")[-1].value == pytest.approx(history.weight_norms[-1][4])
-    assert {"grad/head", "weight/layers.0.0"} <= set(acc.Tags()["histograms"])
+    assert [e.step for e in acc.Scalars("weights/grad_norm/layers.1.1")] == [0, 2, 4]
+    assert acc.Scalars("weights/norm/head")[-1].value == pytest.approx(history.weight_norms[-1][4])
+    assert {"weights/grad/head", "weights/value/layers.0.0"} <= set(acc.Tags()["histograms"])
 
 
 def test_histograms_are_written_on_their_own_sparser_cadence(tmp_path):
@@ -73,8 +73,8 @@ def test_histograms_are_written_on_their_own_sparser_cadence(tmp_path):
     (events,) = (tmp_path / "tb").glob("events.out.tfevents.*")
     acc = EventAccumulator(str(events), size_guidance={"histograms": 0})  # 0: keep every event, not a sample
     acc.Reload()
-    assert [e.step for e in acc.Scalars("grad_norm/head")] == [0, 2, 4, 6, 8, 10, 12]
-    assert [e.step for e in acc.Histograms("grad/head")] == [0, 6, 10]  # the first observed step of each 5
+    assert [e.step for e in acc.Scalars("weights/grad_norm/head")] == [0, 2, 4, 6, 8, 10, 12]
+    assert [e.step for e in acc.Histograms("weights/grad/head")] == [0, 6, 10]  # the first observed step of each 5
 
 
 def test_observing_waits_for_no_device_and_flushing_reads_once(tmp_path):
@@ -157,8 +157,8 @@ def test_a_training_run_logs_layer_norms_through_its_logger(cfg, synthetic, tmp_
     (events,) = (tmp_path / "tb").glob("events.out.tfevents.*")
     acc = EventAccumulator(str(events))
     acc.Reload()
-    assert [e.step for e in acc.Scalars("grad_norm/layers.0.0")] == [0, 3, 6]
-    assert acc.Scalars("grad_norm/head")[0].value == pytest.approx(history.grad_norms[0][2])
+    assert [e.step for e in acc.Scalars("weights/grad_norm/layers.0.0")] == [0, 3, 6]
+    assert acc.Scalars("weights/grad_norm/head")[0].value == pytest.approx(history.grad_norms[0][2])
 
 
 def test_a_resumed_run_keeps_the_last_row_of_a_step_seen_twice(tmp_path):

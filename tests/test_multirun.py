@@ -26,3 +26,23 @@ def test_multirun_gives_every_combination_its_own_run(tmp_path):
         assert len(list((run / "tb").glob("events.*"))) == 1
         assert json.loads((run / "summary.json").read_text())["global_step"] == 2
     assert len(seen) == 4
+    hparams, metrics = hparams_of(runs[0] / "tb")
+    assert list(hparams)[:2] == ["*optimizer", "*optimizer.lr"]  # the swept keys first: TensorBoard ticks those
+    assert {"model.hidden_sizes", "optimizer.momentum", "scheduler.min_lr"} <= set(hparams)
+    assert {f"hparam/{k}" for k in ("best_val_acc", "final_val_acc", "best_val_loss", "final_val_loss", "test_acc",
+                                    "test_loss", "wall_time", "train_images_per_sec")} <= set(metrics)
+
+
+def hparams_of(tb_dir):
+    """(hyperparameter names in the order written, metric tags) of the HPARAMS data in a run's event file."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+    names, metrics = [], []
+    for event in EventFileLoader(str(next(tb_dir.glob("events.*")))).Load():
+        for value in event.summary.value:
+            if value.metadata.plugin_data.plugin_name == "hparams":
+                data = HParamsPluginData.FromString(value.metadata.plugin_data.content)
+                if data.HasField("experiment"):
+                    names += [h.name for h in data.experiment.hparam_infos]
+                    metrics += [m.name.tag for m in data.experiment.metric_infos]
+    return names, metrics

@@ -104,8 +104,8 @@ def test_clipping_and_schedule_are_logged_per_step(cfg, tmp_path):
     (events,) = (tmp_path / "tb").glob("events.*")
     acc = EventAccumulator(str(events))
     acc.Reload()
-    norms = [e.value for e in acc.Scalars("grad_norm")]
-    fired = [e.value for e in acc.Scalars("clip/fired")]
+    norms = [e.value for e in acc.Scalars("watch/grad_norm")]
+    fired = [e.value for e in acc.Scalars("watch/clip_fired")]
     lrs = [e.value for e in acc.Scalars("lr")]
     assert min(norms) > 0.01 and all(f == 1.0 for f in fired)  # pre-clip norms, all above the threshold
     peak = lrs.index(max(lrs))

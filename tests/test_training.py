@@ -30,7 +30,8 @@ def test_smoke_run_writes_every_output(cfg, tmp_path):
     assert (tmp_path / "checkpoints" / "last.pt").is_file() and (tmp_path / "checkpoints" / "best.pt").is_file()
     acc = tags(tmp_path)
     scalars = set(acc.Tags()["scalars"])
-    assert {"train/loss", "train/acc", "lr", "grad_norm", "val/loss", "val/acc", "test/acc", "test/acc_last"} <= scalars
+    assert {"train/loss", "train/acc", "lr", "watch/grad_norm", "val/loss", "val/acc", "test/acc",
+            "test/acc_last"} <= scalars
     assert [e.step for e in acc.Scalars("train/loss")] == [0, 1]
 
 

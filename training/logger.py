@@ -4,16 +4,19 @@ Everything goes through one RunLogger, created on every rank but writing only on
 Hyperparameters go into the same event file as the scalars (TensorBoard's HPARAMS tab), so a run
 directory holds exactly one event file per (re)start.
 """
+import functools
 import json
 import logging
 import math
+import threading
 from pathlib import Path
 
 import torch
+from tensorboard.summary.writer.event_file_writer import _AsyncWriterThread
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
-from utils.errors import require
+from utils.errors import UserError, require
 from utils.io import atomic_write, save_json
 
 log = logging.getLogger(__name__)
@@ -28,14 +31,49 @@ LAYOUT = {
         "learning rate": ["Multiline", ["^lr$"]],
     },
     "2 gradient and clipping": {
-        "gradient norm before clipping": ["Multiline", ["^grad_norm$"]],
-        "clipping fired": ["Multiline", ["^clip/fired$"]],
+        "gradient norm before clipping": ["Multiline", ["^watch/grad_norm$"]],
+        "clipping fired": ["Multiline", ["^watch/clip_fired$"]],
     },
     "3 per layer": {
-        "gradient norm per layer": ["Multiline", ["^grad_norm/"]],
-        "weight norm per layer": ["Multiline", ["^weight_norm/"]],
+        "gradient norm per layer": ["Multiline", ["^weights/grad_norm/"]],
+        "weight norm per layer": ["Multiline", ["^weights/norm/"]],
     },
 }
+
+
+class EventWriteError(UserError, OSError):
+    """TensorBoard events could not be written (a full disk, a folder made read-only)."""
+
+
+def _writes_events(method):
+    """A failed event write as one line. TensorBoard writes from a thread of its own, which keeps its error and
+    raises it again in the next call that writes or flushes: here."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except OSError as e:
+            if isinstance(e, EventWriteError):
+                raise
+            self.writer = None  # broken: nothing left to flush or close
+            raise EventWriteError(f"could not write TensorBoard events to {self.run_dir / 'tb'} ({e.strerror or e}); "
+                                  f"the checkpoints hold what was logged before them. Free space or fix the "
+                                  f"folder, then continue with trainer.resume=auto") from None
+    return wrapper
+
+
+def _quiet_writer_threads() -> None:
+    """Leave TensorBoard's writer threads' errors to ``_writes_events`` (one line), instead of also printing each
+    thread's traceback; every other thread's error is printed as before."""
+    previous = threading.excepthook
+    if getattr(previous, "quiets_event_writers", False):
+        return
+
+    def hook(args):
+        if not isinstance(args.thread, _AsyncWriterThread):  # tensorboard's private class: its writer thread
+            previous(args)
+    hook.quiets_event_writers = True
+    threading.excepthook = hook
 
 
 class RunLogger:
@@ -47,13 +85,15 @@ class RunLogger:
         self.tensorboard, self.flush_secs = tensorboard, flush_secs
         self.writer: SummaryWriter | None = None
 
+    @_writes_events
     def open(self, purge_step: int | None = None) -> None:
         """Start writing; ``purge_step`` (on resume) hides events logged after the checkpoint."""
         if self.enabled and self.tensorboard:
+            _quiet_writer_threads()
             self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge_step, flush_secs=self.flush_secs)
             self.writer.add_custom_scalars(LAYOUT)
 
-
+    @_writes_events
     def scalar(self, tag: str, value: float, step: int) -> None:
         if self.writer:
             self.writer.add_scalar(tag, value, step)
@@ -62,6 +102,7 @@ class RunLogger:
         for tag, value in values.items():
             self.scalar(tag, value, step)
 
+    @_writes_events
     def histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
         if self.writer and self.histograms:
             self.writer.add_histogram(tag, values.detach().float().cpu(), step)
@@ -70,6 +111,13 @@ class RunLogger:
         if self.enabled:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(finite_or_null(record), allow_nan=False) + "\n")
+
+    def records(self) -> list[dict]:
+        """The records of ``metrics.jsonl`` so far, in order (none when this rank does not write)."""
+        path = self.run_dir / "metrics.jsonl"
+        if not (self.enabled and path.exists()):
+            return []
+        return [r for r in map(_parse, path.read_text(errors="replace").splitlines()) if r is not None]
 
     def truncate_epochs(self, keep_through_epoch: int) -> None:
         """On resume: drop metric lines written after the checkpoint we resume from (the test scores, written after
@@ -90,6 +138,7 @@ class RunLogger:
         if self.enabled:
             save_json(finite_or_null(values), self.run_dir / "summary.json")
 
+    @_writes_events
     def hparams(self, params: dict, metrics: dict, step: int) -> None:
         """Write the run's hyperparameters and final metrics (at ``step``) into this run's event file."""
         if not self.writer:
@@ -100,10 +149,12 @@ class RunLogger:
         for tag, value in metrics.items():
             self.writer.add_scalar(tag, value, step)
 
+    @_writes_events
     def flush(self) -> None:
         if self.writer:
             self.writer.flush()
 
+    @_writes_events
     def close(self) -> None:
         if self.writer:
             self.writer.close()

@@ -6,8 +6,8 @@ its trainable parameters, ‖g_layer‖ = sqrt(Σ_p ‖g_p‖²), likewise ‖w_
 every ``every_n_steps`` steps the monitor takes every parameter's gradient and weight norm with one
 ``torch._foreach_norm`` each and sums squares into layers, on the device; nothing waits for the device until
 ``flush``, which the Trainer calls when it logs: it reads every pending observation in one synchronisation.
-It writes ``grad_norm/<layer>`` and ``weight_norm/<layer>`` scalars (and ``grad/<layer>``, ``weight/<layer>``
-histograms at the first observation in each period of ``histograms_every_n_steps`` steps: a device copy of every
+It writes ``weights/grad_norm/<layer>`` and ``weights/norm/<layer>`` scalars (and ``weights/grad/<layer>``,
+``weights/value/<layer>`` histograms at the first observation in each period of ``histograms_every_n_steps`` steps: a device copy of every
 tensor taken at that step, copied to the host at the flush, ~40x the cost of the norms), appends a row to
 ``<run dir>/grad_norms.jsonl`` (the history ``analysis.gradient_flow`` draws), and logs a warning when a layer's
 gradient norm stays below ``vanish_below`` or above ``explode_above`` (or is not finite) for ``patience``
@@ -145,11 +145,11 @@ class GradientMonitor:
 
     def _write(self, step: int, grad: list[float], weight: list[float], copies) -> None:
         for i, (layer, g, w) in enumerate(zip(self.history.layers, grad, weight)):
-            self.logger.scalars({f"grad_norm/{layer}": g, f"weight_norm/{layer}": w}, step)
+            self.logger.scalars({f"weights/grad_norm/{layer}": g, f"weights/norm/{layer}": w}, step)
             if copies is not None:
-                self.logger.histogram(f"weight/{layer}", copies[i][0], step)
+                self.logger.histogram(f"weights/value/{layer}", copies[i][0], step)
                 if copies[i][1] is not None:
-                    self.logger.histogram(f"grad/{layer}", copies[i][1], step)
+                    self.logger.histogram(f"weights/grad/{layer}", copies[i][1], step)
         with open(self.logger.run_dir / HISTORY_FILE, "a") as f:
             f.write(json.dumps({"step": step, "grad_norm": grad, "weight_norm": weight}) + "\n")
 

@@ -37,6 +37,11 @@ from utils.seed import rng_state, set_rng_state
 log = logging.getLogger(__name__)
 
 
+# The HPARAMS tab's metric columns (summary.json keys): how well, and how fast.
+HPARAM_METRICS = ("best_val_acc", "final_val_acc", "best_val_loss", "final_val_loss", "test_acc", "test_loss",
+                  "wall_time", "train_images_per_sec")
+
+
 class DivergenceError(UserError, RuntimeError):
     """The loss became non-finite; the last good checkpoint is left as it was."""
 
@@ -228,14 +233,14 @@ class Trainer:
                         f"{self.last_finite_loss:.4g}); {self._divergence_advice()}")
                 continue
             self.last_finite_loss = loss
-            self.logger.scalars({"train/loss": loss, "train/acc": acc, "lr": lr, "grad_norm": norm,
-                                 "clip/fired": clipped}, step)
+            self.logger.scalars({"train/loss": loss, "train/acc": acc, "lr": lr, "watch/grad_norm": norm,
+                                 "watch/clip_fired": clipped}, step)
             if self.clip.auto is not None:
-                self.logger.scalars({"clip/threshold": threshold}, step)
+                self.logger.scalars({"watch/clip_threshold": threshold}, step)
         if rows and self.precision.uses_scaler:
             self.skipped_steps += sum(not math.isfinite(row[4]) for row in rows)
-            self.logger.scalars({"amp/loss_scale": self.precision.scale(),
-                                 "amp/skipped_steps": self.skipped_steps}, self.last_step)
+            self.logger.scalars({"watch/amp_loss_scale": self.precision.scale(),
+                                 "watch/amp_skipped_steps": self.skipped_steps}, self.last_step)
         return rows[-1] if rows else None
 
     def _show(self, bar: EpochBar, row: tuple | None) -> None:
@@ -287,10 +292,12 @@ class Trainer:
         test = self.test()
         self.logger.epoch({"epoch": self.epoch, **test})
         self.logger.scalars({f"test/{k[5:]}": v for k, v in test.items() if isinstance(v, float)}, self.global_step)
-        summary = {**self.summary(finished=True), **test}
+        val_losses = [r["val_loss"] for r in self.logger.records() if r.get("val_loss") is not None]
+        summary = {**self.summary(finished=True), **test, "best_val_loss": min(val_losses, default=None),
+                   "final_val_loss": val_losses[-1] if val_losses else None}
         self.logger.hparams(self.config.get("hparams", {}),
-                            {f"hparam/{k}": summary[k] for k in ("best_val_acc", "final_val_acc", "test_acc")
-                             if summary[k] is not None}, self.global_step)
+                            {f"hparam/{k}": summary[k] for k in HPARAM_METRICS if summary.get(k) is not None},
+                            self.global_step)
         self.logger.summary(summary)
         return summary
 
@@ -299,7 +306,7 @@ class Trainer:
         best = None if self.data.val is None else self.run_dir / "checkpoints" / "best.pt"
         scores = test_scores(self.model, lambda: self.evaluate(self.data.test), best, self.global_step,
                              self.data.val.num_examples if self.data.val is not None else None)
-        if self.ema is not None:
+        if self.ema is not None and not self.ema.lookahead:  # with lookahead the last weights are the EMA
             ema = self._evaluate_ema(self.data.test)
             scores.update({"test_loss_ema": ema["loss"], "test_acc_ema": ema["acc"]})
         return scores
@@ -369,7 +376,14 @@ class Trainer:
             raise checkpoint.CheckpointError(
                 f"{path} was saved mid-epoch by {state['world_size']} processes; resume it with the same number")
         configured = checkpoint.hyperparameters(self.optimizer, self.scheduler)
-        self.load_state_dict(state)
+        try:
+            self.load_state_dict(state)
+        except UserError:  # e.g. the schedule's own refusal (another run length): it says what to do
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:  # e.g. a malformed RNG state
+            reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else "no details"
+            raise checkpoint.CheckpointError(f"{path} does not fit this run ({type(e).__name__}: {reason}); resume "
+                                             f"with the config that wrote it, or from another file") from None
         for change in checkpoint.reapply_hyperparameters(configured, self.optimizer, self.scheduler):
             log.info("resumed with a changed config: %s (the config's value applies from here on)", change)
         self.saved_step = self.global_step
