@@ -8,7 +8,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from cli.compose import build_trainer, train
 from training import checkpoint
 from training.step import train_step
-from training.trainer import DivergenceError
+from training.step_log import DivergenceError
 
 pytestmark = pytest.mark.needs_data
 
@@ -49,7 +49,7 @@ def test_fp16_overflow_skips_the_step_and_backs_off(cfg, tmp_path, loss_scale):
 
     run = build_trainer(cfg(*overrides, "trainer.max_steps=3"), tmp_path / "fit")  # the Trainer counts it
     run.model.head.weight.register_hook(lambda g: torch.full_like(g, math.inf) if run.global_step == 1 else g)
-    assert run.fit()["global_step"] == 3 and run.skipped_steps == 1
+    assert run.fit()["global_step"] == 3 and run.steps.skipped_steps == 1
 
 
 LOW_PRECISION_RUNS = [

@@ -8,9 +8,10 @@ and after each epoch: the epoch's training totals -> evaluate if due (the EMA's 
 and checkpoint it.
 Decisions (``should_*``) are pure checks of the counters; every action is a call in the loop. Closure optimizers
 (L-BFGS) step once per batch (``closure=per_batch``) or once per epoch on the whole set (``full_batch``).
+Beside it: training/step_log.py writes the steps' numbers and stops a diverged run; training/trainer_state.py holds
+what survives a restart (checkpoint, resume, ``init_from``).
 """
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,21 +19,20 @@ import torch
 import torch.nn as nn
 
 from data import ImageData
-from training import checkpoint
 from training.compiling import maybe_compile
 from training.distributed import DistEnv, max_over_ranks, wrap_model
 from training.ema import WeightEMA
 from training.evaluation import evaluate, test_scores
 from training.logger import RunLogger
-from training.meters import EpochTotals, PendingSteps, Stopwatch
+from training.meters import EpochTotals, Stopwatch
 from training.options import TrainerOptions
 from training.progress import EpochBar
 from training.precision import Precision
 from training.profiling import profiling
 from training.signals import Interrupted, stop_signals_to
 from training.step import GradientClip, StepResult, closure_step, needs_closure, train_step
-from utils.errors import UserError
-from utils.seed import rng_state, set_rng_state
+from training.step_log import StepLog
+from training.trainer_state import TrainerState
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +40,6 @@ log = logging.getLogger(__name__)
 # The HPARAMS tab's metric columns (summary.json keys): how well, and how fast.
 HPARAM_METRICS = ("best_val_acc", "final_val_acc", "best_val_loss", "final_val_loss", "test_acc", "test_loss",
                   "wall_time", "train_images_per_sec")
-
-
-class DivergenceError(UserError, RuntimeError):
-    """The loss became non-finite; the last good checkpoint is left as it was."""
 
 
 @dataclass(frozen=True)
@@ -55,13 +51,13 @@ class Runtime:
     dist: DistEnv = DistEnv()
 
 
-class Trainer:
+class Trainer(TrainerState):
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, data: ImageData,
                  logger: RunLogger, runtime: Runtime, options: TrainerOptions = TrainerOptions(), *,
                  monitor=None, config: dict | None = None, continue_with: str | None = None):
         self.model, self.optimizer, self.scheduler, self.data, self.logger = model, optimizer, scheduler, data, logger
         self.options, self.monitor, self.config = options, monitor, config or {}
-        # The overrides that continue this run from its checkpoint (run.py names the sweep's directory in a sweep)
+        # The overrides that continue this run from its checkpoint (cli/compose.py names the sweep's directory in a sweep)
         self.continue_with = continue_with or f"trainer.resume=auto hydra.run.dir={runtime.run_dir}"
         self.device, self.precision, self.dist = runtime.device, runtime.precision, runtime.dist
         self.run_dir = Path(runtime.run_dir)
@@ -77,12 +73,12 @@ class Trainer:
         self.full_batch = needs_closure(optimizer) and options.closure == "full_batch"
         # Counters: epochs completed; position inside the current epoch; optimizer steps taken.
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
-        self.best_val_acc, self.final_val_acc, self.last_finite_loss = 0.0, None, float("nan")
-        self.skipped_steps, self.train_images = 0, 0  # skipped: fp16 steps the scaler dropped on overflow
-        self.nan_skipped = 0  # steps of this epoch that on_nan=skip dropped
-        self.saved_step: int | None = None  # the step of the last checkpoint written or resumed from
+        self.best_val_acc, self.final_val_acc, self.train_images = 0.0, None, 0
         self.stopwatch = Stopwatch(device=self.device)
-        self.totals, self.pending = EpochTotals(self.device), PendingSteps()
+        self.totals = EpochTotals(self.device)
+        self.steps = StepLog(logger, self.precision, on_nan=options.on_nan, steps_per_epoch=len(data.train),
+                             max_skipped_fraction=options.max_skipped_fraction, autoclip=self.clip.auto is not None,
+                             monitor=monitor)
         self.stop_signal: int | None = None
 
     # ----------------------------------------------------------------------------------------- the loop
@@ -114,21 +110,21 @@ class Trainer:
                         bar.update()
                         profile_step()
                         if self.should_log(self.global_step):
-                            self._show(bar, self._log_steps())
+                            self._show(bar, self.steps.write(self.last_step))
                             self._agree_on_stop()
                         if self.should_pause(self.global_step, stop_after_steps):
-                            self._log_steps()
+                            self.steps.write(self.last_step)
                             self.stopwatch.stop()
                             bar.close()
                             return self._pause()
                         if self.should_checkpoint(self.global_step):
-                            self._log_steps()
+                            self.steps.write(self.last_step)
                             self.stopwatch.stop()  # the checkpoint holds the training time; writing it is not training
                             self.save_checkpoint()
                             self.stopwatch.start()
                         if self.max_steps_reached():
                             break
-                    self._log_steps()
+                    self.steps.write(self.last_step)
                     self.stopwatch.stop()
                     bar.close()
                     train = self.totals.mean(self.dist)
@@ -188,60 +184,16 @@ class Trainer:
                             clip=self.clip)
 
     def _count(self, result: StepResult) -> None:
-        """Add the step to the epoch's totals (a skipped step to the skip count) and the pending log, on the
-        device; advance the counters."""
+        """Add the step to the epoch's totals (unless skipped) and to the step log, on the device; advance the
+        counters."""
         self.step_in_epoch += 1
         self.global_step += 1
         n = len(result.labels)
         correct = (result.logits.argmax(1) == result.labels).sum()
-        if result.skipped:
-            self._skipped(float(result.loss))
-        else:
+        if not result.skipped:
             self.totals.add(result.loss, correct, n)
-        self.pending.add(self.global_step - 1, self.optimizer.param_groups[0]["lr"], result, correct)
+        self.steps.add(self.last_step, self.epoch, self.optimizer.param_groups[0]["lr"], result, correct)
         self.train_images += n * self.dist.world_size
-
-    def _skipped(self, loss: float) -> None:
-        """on_nan=skip dropped a step: past ``max_skipped_fraction`` of an epoch's steps that is divergence, not
-        a bad batch, and stops the run."""
-        self.nan_skipped += 1
-        steps = len(self.data.train)  # closure optimizers never skip (training/step.py)
-        if self.nan_skipped > self.options.max_skipped_fraction * steps:
-            raise DivergenceError(
-                f"trainer.on_nan=skip skipped {self.nan_skipped} of the {steps} steps of epoch {self.epoch + 1} "
-                f"(loss {loss} at step {self.global_step - 1}), more than trainer.max_skipped_fraction="
-                f"{self.options.max_skipped_fraction:g}; {self._divergence_advice()}")
-
-    def _divergence_advice(self) -> str:
-        """What to do after divergence: the checkpoint to continue from, with settings a resume applies."""
-        if self.saved_step is None:
-            return "no checkpoint was written yet. Start again with a lower optimizer.lr or trainer.clip.mode=norm"
-        return (f"the last checkpoint (step {self.saved_step}) is intact. Continue from it at a lower LR: the same "
-                f"command plus {self.continue_with} optimizer.lr=<lower> (or trainer.clip.mode=norm)")
-
-    def _log_steps(self) -> tuple | None:
-        """Write the pending steps' numbers (one synchronisation), stopping on a non-finite loss unless
-        ``on_nan=skip``; returns the last step's row (step, lr, loss, acc, grad_norm, clipped, clip threshold)."""
-        rows = self.pending.drain()
-        if self.monitor is not None:
-            self.monitor.flush()
-        for step, lr, loss, acc, norm, clipped, threshold in rows:
-            if not math.isfinite(loss):
-                if self.options.on_nan == "stop":
-                    raise DivergenceError(
-                        f"loss became {loss} at step {step} (lr {lr:.4g}, last finite loss "
-                        f"{self.last_finite_loss:.4g}); {self._divergence_advice()}")
-                continue
-            self.last_finite_loss = loss
-            self.logger.scalars({"train/loss": loss, "train/acc": acc, "lr": lr, "watch/grad_norm": norm,
-                                 "watch/clip_fired": clipped}, step)
-            if self.clip.auto is not None:
-                self.logger.scalars({"watch/clip_threshold": threshold}, step)
-        if rows and self.precision.uses_scaler:
-            self.skipped_steps += sum(not math.isfinite(row[4]) for row in rows)
-            self.logger.scalars({"watch/amp_loss_scale": self.precision.scale(),
-                                 "watch/amp_skipped_steps": self.skipped_steps}, self.last_step)
-        return rows[-1] if rows else None
 
     def _show(self, bar: EpochBar, row: tuple | None) -> None:
         if row is not None:
@@ -269,7 +221,8 @@ class Trainer:
         """Record the epoch (val_loss, val_acc only when ``val`` was measured; val_ema_* the EMA's) and
         checkpoint it."""
         self.epoch += 1
-        self.step_in_epoch = self.nan_skipped = 0
+        self.step_in_epoch = 0
+        self.steps.new_epoch()
         scores = {} if val is None else {"val_loss": val["loss"], "val_acc": val["acc"]}
         if val_ema is not None:
             scores.update({"val_ema_loss": val_ema["loss"], "val_ema_acc": val_ema["acc"]})
@@ -327,77 +280,3 @@ class Trainer:
                 "final_val_acc": self.final_val_acc, "epochs": self.epoch,
                 "global_step": self.global_step, "finished": finished, "wall_time": self.stopwatch.total,
                 "train_images_per_sec": self.train_images / self.stopwatch.total if self.stopwatch.total else None}
-
-    # ------------------------------------------------------------------------------------- checkpoints
-    def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.precision.state_dict(),
-                "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
-                "best_val_acc": self.best_val_acc, "final_val_acc": self.final_val_acc,
-                "train_seconds": self.stopwatch.total, "train_images": self.train_images,
-                "skipped_steps": self.skipped_steps, "nan_skipped": self.nan_skipped,
-                "accumulators": self.totals.state(),
-                "rng": rng_state(), "world_size": self.dist.world_size, "config": self.config,
-                "autoclip": self.clip.auto.state_dict() if self.clip.auto is not None else None,
-                "ema": self.ema.state_dict() if self.ema is not None else None}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.precision.load_state_dict(state["scaler"])
-        self.epoch, self.step_in_epoch, self.global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
-        self.best_val_acc, self.final_val_acc = state["best_val_acc"], state["final_val_acc"]
-        self.stopwatch, self.train_images = Stopwatch(state["train_seconds"], self.device), state["train_images"]
-        self.skipped_steps, self.nan_skipped = state["skipped_steps"], state.get("nan_skipped", 0)
-        self.totals = EpochTotals(self.device, state["accumulators"])
-        if self.clip.auto is not None and state.get("autoclip") is not None:
-            self.clip.auto.load_state_dict(state["autoclip"])
-        if self.ema is not None:
-            if state.get("ema") is None:
-                raise checkpoint.CheckpointError(
-                    "the checkpoint holds no weight EMA, but trainer.ema.decay is set: resume with "
-                    "trainer.ema.decay=null, or start a new run")
-            self.ema.load_state_dict(state["ema"])
-        set_rng_state(state["rng"])
-
-    def save_checkpoint(self, best: bool = False) -> None:
-        self.logger.flush()  # the events the checkpoint covers reach the disk before it: a SIGKILL loses none
-        if self.dist.is_main:
-            checkpoint.save(self.state_dict(), self.run_dir / "checkpoints", keep_last_k=self.options.keep_last_k,
-                            best=best)
-        self.saved_step = self.global_step
-
-    def resume(self, path: str | Path) -> None:
-        state = checkpoint.load(path)
-        checkpoint.check_model_matches(state, self.model, path)
-        checkpoint.check_config_matches(state, self.config.get("resolved"), path)
-        if state["world_size"] != self.dist.world_size and state["step_in_epoch"]:
-            raise checkpoint.CheckpointError(
-                f"{path} was saved mid-epoch by {state['world_size']} processes; resume it with the same number")
-        configured = checkpoint.hyperparameters(self.optimizer, self.scheduler)
-        try:
-            self.load_state_dict(state)
-        except UserError:  # e.g. the schedule's own refusal (another run length): it says what to do
-            raise
-        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:  # e.g. a malformed RNG state
-            reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else "no details"
-            raise checkpoint.CheckpointError(f"{path} does not fit this run ({type(e).__name__}: {reason}); resume "
-                                             f"with the config that wrote it, or from another file") from None
-        for change in checkpoint.reapply_hyperparameters(configured, self.optimizer, self.scheduler):
-            log.info("resumed with a changed config: %s (the config's value applies from here on)", change)
-        self.saved_step = self.global_step
-        self.logger.truncate_epochs(self.epoch)
-        log.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.global_step)
-
-    def init_from(self, path: str | Path) -> None:
-        """A new run starting from a checkpoint's weights (and batch-norm statistics): the optimizer, the schedule,
-        the counters and the RNGs stay this run's own (fine-tuning, a warm start)."""
-        state = checkpoint.load(path)
-        checkpoint.check_model_matches(state, self.model, path)
-        self.model.load_state_dict(state["model"])
-        if self.ema is not None:  # the average starts from the weights the run starts from
-            self.ema.module.load_state_dict(state["model"])
-        log.info("weights from %s (its epoch %d, step %d); a fresh optimizer and schedule", path, state["epoch"],
-                 state["global_step"])
-
