@@ -50,6 +50,7 @@ RULES: dict[str, Rule] = {
     "data.test_subset": integer(1, nullable=True),
     "data.val_split": integer(0),
     "data.crop_padding": integer(0),
+    "data.pad_mode": one_of("zeros", "reflect"),
     "data.flip": Rule(lambda v: isinstance(v, bool) or v == "alternating", "true, false or alternating"),
     "data.download": BOOL,
     "data.num_classes": integer(1),
