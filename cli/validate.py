@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from optimizers.base import HYPERPARAMETERS
-from training.options import PRECISIONS, SanityOptions, TrainerOptions
+from training.options import LOGGER_RULES, LOSS_SCALE, MONITOR_RULES, PRECISIONS, SanityOptions, TrainerOptions
 from utils.errors import ConfigError
 from utils.rules import BOOL, BOOL_OR_AUTO, Rule, integer, list_of, number, one_of, rules_of
 
@@ -35,7 +35,7 @@ RULES: dict[str, Rule] = {
     "trainer.device": _DEVICE,
     "trainer.precision": one_of("auto", *PRECISIONS),
     "trainer.tf32": BOOL,
-    "trainer.loss_scale": number(0, lo_open=True, nullable=True),
+    "trainer.loss_scale": LOSS_SCALE,
     "trainer.channels_last": BOOL_OR_AUTO,
     "trainer.sanity": one_of("run", "warn", "skip"),
     "trainer.resume": _RESUME,
@@ -81,10 +81,8 @@ RULES: dict[str, Rule] = {
     "scheduler.div_factor": number(0, lo_open=True),
     "scheduler.final_div_factor": number(0, lo_open=True),
     "scheduler.anneal_strategy": one_of("cos", "linear"),
-    "logger.log_every_n_steps": integer(1),
-    "logger.tensorboard": BOOL,
-    "logger.histograms": BOOL,
-    "logger.flush_secs": number(0, lo_open=True),
+    **{f"logger.{key}": rule for key, rule in LOGGER_RULES.items()},
+    **{f"monitor.{key}": rule for key, rule in MONITOR_RULES.items()},
     **rules_of(SanityOptions, "sanity"),
 }
 

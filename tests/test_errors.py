@@ -60,6 +60,15 @@ CONFIG_CASES = {
     "missing data root": (["data.root={tmp}/nowhere"], ["data.root='{tmp}/nowhere' is invalid: no such folder"]),
     "unwritable run dir": (["hydra.run.dir={tmp}/a_file/run"], ["cannot write the run directory", "Not a directory",
                                                                 "hydra.run.dir"]),
+    # issue 15 class 14: rules that were checked only once the data had loaded, or not at all
+    "monitor threshold": (["monitor.vanish_below=abc"], ["monitor.vanish_below='abc' is invalid: allowed a number"]),
+    "monitor limit": (["monitor.explode_above=abc"], ["monitor.explode_above='abc' is invalid: allowed a number > 0"]),
+    "flush interval": (["logger.flush_secs=1e10"], ["logger.flush_secs=10000000000.0 is invalid: allowed a number "
+                                                    "in (0, 86400]"]),
+    "loss scale too large": (["trainer.precision=fp16", "trainer.loss_scale=1e39"],
+                             ["trainer.loss_scale=1e+39 is invalid: allowed a number in [1e-38, 1e+38] or null"]),
+    "loss scale too small": (["trainer.precision=fp16", "trainer.loss_scale=1e-300"],
+                             ["trainer.loss_scale=1e-300 is invalid: allowed a number in [1e-38, 1e+38] or null"]),
 }
 
 
