@@ -99,9 +99,12 @@ def exit_cleanly():
         _exit(128 + e.signum, str(e))
     except (UserError, HydraException, OmegaConfBaseException) as e:
         _exit(exit_code(e), f"error: {one_line(e)}")
-    except OSError as e:  # Hydra creates the run directory, writes .hydra/ and train.log there (the job's own
-        # errors were handled inside it, by exit_on_user_error)
-        _exit(2, f"error: cannot write the run directory ({one_line(e)}): set hydra.run.dir=<a writable folder>")
+    except (OSError, ValueError) as e:  # Hydra creates the run directory, writes .hydra/ and train.log there (the
+        # job's own errors were handled inside it, by exit_on_user_error); logging's ValueError wraps an OSError
+        cause = e.__cause__ if isinstance(e, ValueError) else e
+        if not isinstance(cause, OSError):
+            raise
+        _exit(2, f"error: cannot write the run directory ({one_line(cause)}): set hydra.run.dir=<a writable folder>")
     finally:
         for s, handler in previous.items():
             signal.signal(s, signal.SIG_IGN if stopping else handler)

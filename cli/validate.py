@@ -19,6 +19,7 @@ from optimizers.base import HYPERPARAMETERS
 from training.options import LOGGER_RULES, LOSS_SCALE, MONITOR_RULES, PRECISIONS, SanityOptions, TrainerOptions
 from utils.errors import ConfigError
 from utils.rules import BOOL, BOOL_OR_AUTO, Rule, integer, list_of, number, one_of, rules_of
+from utils.suggest import nearest
 
 _MISSING = object()
 _DEVICE = Rule(lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None,
@@ -97,6 +98,7 @@ def validate(cfg: DictConfig, run_dir: str | Path | None = None) -> None:
         if value is not _MISSING and not ok(value):
             raise ConfigError(f"{key}={_show(value)} is invalid: allowed {allowed}")
     _check_combinations(cfg)
+    _check_trainer_keys(cfg)
     if run_dir is not None:
         check_output_dir(run_dir)
 
@@ -135,6 +137,34 @@ def _check_combinations(cfg: DictConfig) -> None:
         raise ConfigError(f"data.root={root!r} is invalid: no such folder ({Path(root).resolve()}); allowed a folder "
                           f"holding the dataset: set data.root=<folder>, or export DATA_ROOT=<folder> (the default "
                           f"root; without it ../shared/data), or data.download=true")
+
+
+def _check_trainer_keys(cfg: DictConfig) -> None:
+    """Every key under ``trainer`` has a rule: one added with ``+`` (``+trainer.epochz=5``) would be ignored."""
+    if "trainer" not in cfg:
+        return
+    known = [key for key in RULES if key.startswith("trainer.")]
+    for key in _leaves(OmegaConf.to_container(cfg.trainer), "trainer."):
+        if key not in known:
+            near = nearest(key, known)
+            raise ConfigError(f"{key}={_show(_value(cfg, key))} is invalid: the trainer has no such key"
+                              + (f" (did you mean {' or '.join(near)}?)" if near else ""))
+
+
+def _leaves(tree: dict, prefix: str) -> list[str]:
+    """The dotted keys of a nested dict's leaves: {"clip": {"mode": ...}} -> ["<prefix>clip.mode"]."""
+    return [leaf for key, value in tree.items()
+            for leaf in (_leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}"])]
+
+
+def check_run_dir_overrides(overrides: list[str]) -> None:
+    """An empty ``hydra.run.dir`` or ``hydra.sweep.dir`` would put the run's files into the current directory (the
+    repository): refused before Hydra creates anything."""
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key.lstrip("+") in ("hydra.run.dir", "hydra.sweep.dir") and value.strip("'\" ") == "":
+            raise ConfigError(f"{key}={value or repr('')} is invalid: allowed a folder name (an empty one would write "
+                              f"the run into the current directory)")
 
 
 def check_known_keys(cfg: DictConfig, group: str, supplied: tuple[str, ...] = ()) -> None:

@@ -89,6 +89,28 @@ def test_bad_config_is_one_line_before_any_data(config_runs, case):
     assert "device cpu" not in results[case].stdout  # the Trainer was never built
 
 
+RUN_DIR_CASES = {  # issue 15 class 15: each was accepted, or a misleading line
+    "misspelt key added with +": (["+trainer.epochz=5", "hydra.run.dir={tmp}/added"],
+                                  "trainer.epochz=5 is invalid: the trainer has no such key (did you mean "
+                                  "trainer.epochs?)"),
+    "empty run dir": (["hydra.run.dir=''"], "hydra.run.dir='' is invalid: allowed a folder name (an empty one would "
+                                            "write the run into the current directory)"),
+    "empty sweep dir": (["-m", "hydra.sweep.dir="], "hydra.sweep.dir='' is invalid: allowed a folder name"),
+    "read-only run dir": (["hydra.run.dir=/sys/kernel"], "cannot write the run directory (Permission denied: "
+                                                         "/sys/kernel/train.log): set hydra.run.dir=<a writable folder>"),
+}
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys/kernel"), reason="a folder nobody may write: Linux's /sys/kernel")
+def test_bad_run_directory_and_added_key_are_one_line(tmp_path):
+    names = set(os.listdir(REPO))
+    results = run_train_py({name: [arg.format(tmp=tmp_path) for arg in args]
+                            for name, (args, _) in RUN_DIR_CASES.items()})
+    for name, (_, message) in RUN_DIR_CASES.items():
+        assert_one_line_error(results[name], message)
+    assert set(os.listdir(REPO)) == names  # nothing written into the repository (the current directory)
+
+
 @pytest.mark.parametrize("override,message", [
     ("trainer.epoch=3", "Could not override 'trainer.epoch'. To append to your config use +trainer.epoch=3 "
                         "(Key 'epoch' is not in struct)"),
