@@ -167,18 +167,45 @@ def check_run_dir_overrides(overrides: list[str]) -> None:
                               f"the run into the current directory)")
 
 
-def check_known_keys(cfg: DictConfig, group: str, supplied: tuple[str, ...] = ()) -> None:
-    """Every key of ``cfg.<group>`` is a parameter of its ``_target_`` other than those the builder ``supplied``
-    (a misspelt key is refused, not dropped). Separate from ``validate``: it imports the target's module."""
-    target = get_method(cfg[group]._target_)
-    accepted = [name for name, p in inspect.signature(target).parameters.items()
-                if p.kind == p.KEYWORD_ONLY and name not in supplied]
-    for key in cfg[group]:
-        if not key.startswith("_") and key not in accepted:
-            raise ConfigError(f"{group}.{key}={_show(_value(cfg, f'{group}.{key}'))} is invalid: allowed only the "
-                              f"keys {', '.join(accepted)}")
+# What the builders pass to a group's target themselves (cli/compose.py; data's placement: training/build.py)
+SUPPLIED = {"model": (), "optimizer": ("params", "model"), "scheduler": ("optimizer", "steps_per_epoch", "total_steps")}
 
 
+def check_known_keys(cfg: DictConfig, group: str, supplied: tuple[str, ...] = (), read: tuple[str, ...] = ()) -> None:
+    """Every key of ``cfg.<group>`` is a parameter of its ``_target_`` other than those the builder ``supplied``, or
+    one the builder ``read`` itself (a misspelt or ``+``-added key is refused, naming the nearest accepted one, not
+    dropped); a nested node with a ``_target_`` of its own (Lookahead's ``base``) is checked the same way.
+    Separate from ``validate``: it imports the target's module."""
+    node = OmegaConf.select(cfg, group)
+    accepted = [name for name in accepted_keys(get_method(node._target_)) if name not in supplied] + list(read)
+    for key in node:
+        if key.startswith("_"):
+            continue
+        if key not in accepted:
+            nested = [f"{k}.{n}" for k in node if OmegaConf.is_dict(node[k]) and "_target_" in node[k]
+                      for n in node[k] if not n.startswith("_")]  # Lookahead's base.lr for a stray lr
+            near = nearest(key, accepted + nested)
+            hint = f"did you mean {group}.{near[0]}? " if near else ""
+            raise ConfigError(f"{group}.{key}={_show(_value(cfg, f'{group}.{key}'))} is invalid: {hint}allowed only "
+                              f"the keys {', '.join(accepted)}")
+        if OmegaConf.is_dict(node[key]) and "_target_" in node[key]:
+            check_known_keys(cfg, f"{group}.{key}", supplied=("params",), read=read)
+
+
+def accepted_keys(target) -> list[str]:
+    """The keyword parameters ``target`` takes; a class whose ``__init__`` passes ``**kwargs`` on to its base
+    class's (the schedules' ``**run``) takes that one's too."""
+    names, classes = [], (target.__mro__ if inspect.isclass(target) else [target])
+    for owner in classes:
+        function = owner.__init__ if inspect.isclass(target) else owner
+        if inspect.isclass(target) and "__init__" not in vars(owner):
+            continue
+        parameters = inspect.signature(function).parameters.values()
+        names += [p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+                  and p.name not in ("self", *names)]
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters):
+            return names
+    return names
 def check_output_dir(path: str | Path) -> None:
     """Create ``path`` if needed and prove it writable, or a ConfigError naming ``hydra.run.dir``."""
     try:

@@ -112,8 +112,7 @@ def test_bad_run_directory_and_added_key_are_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("override,message", [
-    ("trainer.epoch=3", "Could not override 'trainer.epoch'. To append to your config use +trainer.epoch=3 "
-                        "(Key 'epoch' is not in struct)"),
+    ("trainer.epoch=3", "trainer.epoch is not a key of trainer: did you mean trainer.epochs?"),
     ("trainer.epochs=[", "cannot parse the override 'trainer.epochs=[': no viable alternative at input '['"),
     ("scheduler=nope", "scheduler='nope' is not an option of config group scheduler: allowed constant, cosine,"),
 ])
