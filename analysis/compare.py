@@ -152,7 +152,7 @@ def finish(ax, xlabel: str, ylabel: str, title: str, log: bool = False) -> None:
     if log:
         ax.set_yscale("log")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the axes: no curve covered
 
 
 def varied_settings(groups: list[Group]) -> list[dict[str, str]]:

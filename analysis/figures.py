@@ -10,7 +10,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
-__all__ = ["FigureWriter", "plt"]
+__all__ = ["FigureWriter", "model_name", "plt"]
+
+
+def model_name(model_cfg) -> str:
+    """A model config's class, with its depth where it has one: ``ResNet-20``, ``MLP``."""
+    name = model_cfg["_target_"].rsplit(".", 1)[-1]
+    return f"{name}-{model_cfg['depth']}" if "depth" in model_cfg else name
 
 
 class FigureWriter:

@@ -1,6 +1,6 @@
 """The gradient-flow figure: per-layer gradient norms against depth, from the monitor's ``grad_norms.jsonl``.
 
-    python -m analysis.gradient_flow <run dir or multirun dir> [--out figure.png]
+    python -m analysis.gradient_flow dir=<run dir or multirun dir> [out=figure.png]
 
 A run directory gives one line per observed step, coloured by step. A multirun directory gives
 one line per run, at its first observed step (initialisation) and its last, labelled by the overrides that
@@ -9,8 +9,8 @@ layers are left out when a model has weight layers, since their gradients are no
 It prints, per run, the first and last weight layer's gradient norms at the first step and their ratio.
 Hydra experiments draw it at the end of each job and of the sweep with ``GradientFlowFigure``, a callback.
 """
-import argparse
 import itertools
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +18,11 @@ from hydra.experimental.callback import Callback
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.ticker import MaxNLocator
+from omegaconf import DictConfig, OmegaConf
 
 from analysis.figures import FigureWriter, plt
 from analysis.runs import find_jobs, labels
+from cli.entry import command, run
 from training.monitor import HISTORY_FILE, GradientHistory, read_history
 
 FIGURE = "gradient_flow"
@@ -97,11 +99,22 @@ def draw(directory: str | Path, out: str | Path | None = None) -> Path:
     histories = {label: read_history(run / HISTORY_FILE) for label, run in find_runs(directory).items()}
     sweep = not (directory / HISTORY_FILE).is_file()
     figure = (plot_sweep if sweep else plot_run)(histories if sweep else next(iter(histories.values())),
-                                                 directory.name)
+                                                 figure_title(directory, sweep))
     out = Path(out) if out else directory / f"{FIGURE}.png"
     path = FigureWriter(out.parent).save(figure, out.stem)
     print(first_layer_table(histories))
     return path
+
+
+def figure_title(directory: Path, sweep: bool) -> str:
+    """What ran, from Hydra's record of it: the experiment, or the model and optimizer (a run adds its name, the
+    varied settings in a sweep's job), wrapped to fit; the folder name when there is no record."""
+    record = directory / ("multirun.yaml" if sweep else ".hydra/hydra.yaml")
+    if not record.is_file():
+        return directory.name
+    choices = OmegaConf.load(record).hydra.runtime.choices
+    what = choices.get("experiment") or f"{choices.get('model')}, {choices.get('optimizer')}"
+    return textwrap.fill(what if sweep else f"{what}: {directory.name}", 70)
 
 
 class GradientFlowFigure(Callback):
@@ -116,13 +129,10 @@ class GradientFlowFigure(Callback):
         draw(config.hydra.sweep.dir)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("directory", help="a run directory (holding grad_norms.jsonl) or a multirun directory")
-    parser.add_argument("--out", help="the PNG to write (default: <directory>/gradient_flow.png)")
-    args = parser.parse_args(argv)
-    print(f"wrote {draw(args.directory, args.out)}")
+@command("gradient_flow", validate_config=False)
+def main(cfg: DictConfig) -> None:
+    print(f"wrote {draw(cfg.dir, cfg.out)}")
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

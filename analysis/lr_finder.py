@@ -31,7 +31,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 
 import optimizers
-from analysis.figures import FigureWriter, plt
+from analysis.figures import FigureWriter, model_name, plt
 from analysis.loading import model_for
 from cli.entry import command, run
 from data import batches_forever
@@ -109,7 +109,8 @@ def describe(result: RangeTest) -> str:
     return f"{RULES[result.rule][1]}, loss smoothed with beta={result.beta}"
 
 
-def plot_range_test(result: RangeTest):
+def plot_range_test(result: RangeTest, what: str = ""):
+    """The loss against the LR (log axis), raw and smoothed, with the suggestion; ``what``: the model and optimizer."""
     fig, ax = plt.subplots(figsize=(8, 5))
     ax.plot(result.lrs, result.losses, color="tab:blue", alpha=0.3, lw=0.8, label="loss")
     ax.plot(result.lrs, result.smoothed, color="tab:blue", lw=1.8, label=f"smoothed loss (beta {result.beta})")
@@ -119,11 +120,15 @@ def plot_range_test(result: RangeTest):
         at = np.searchsorted(result.lrs, result.suggestion).clip(0, len(result.lrs) - 1)
         ax.plot(result.suggestion, result.smoothed[at], "o", color="red", ms=8)
     ax.set_xscale("log")
-    low, high = min(result.losses), min(max(result.smoothed), 4 * min(result.smoothed))  # hide the explosion
-    ax.set(xlabel="learning rate", ylabel="training loss", ylim=(low - 0.05 * (high - low), high * 1.1),
-           title="LR range test" + (" (stopped early: loss exploded)" if result.stopped_early else ""))
+    # from the lowest loss to the start (always shown) or 4x the smoothed minimum, whichever is higher: the
+    # explosion at the end is cut off, the start never
+    low = min(result.losses)
+    high = max(result.losses[0], min(max(result.smoothed), 4 * min(result.smoothed)))
+    ax.set(xlabel="learning rate", ylabel="training loss", ylim=(low - 0.05 * (high - low), high * 1.05),
+           title=f"LR range test{f': {what}' if what else ''}"
+                 + (" (stopped early: loss exploded)" if result.stopped_early else ""))
     ax.grid(alpha=0.3, which="both")
-    ax.legend()
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=9)  # below the axes: nothing covered
     return fig
 
 
@@ -136,14 +141,16 @@ def find_lr(cfg: DictConfig, out_dir: str | Path) -> tuple[FigureWriter, RangeTe
     require(not getattr(get_class(cfg.optimizer._target_), "requires_closure", False), "optimizer._target_",
             cfg.optimizer._target_, "an optimizer that steps without a closure (not L-BFGS)")
     device = resolve_device(cfg.trainer.device)
-    model = model_for(cfg)[0].to(device)
+    model, saved = model_for(cfg)
+    model = model.to(device)
     data = instantiate(cfg.data, _partial_=True)(device=device)
     result = lr_range_test(model, lambda m: optimizers.build(cfg.optimizer, m), batches_forever(data.train),
                            min_lr=cfg.min_lr, max_lr=cfg.max_lr, num_steps=cfg.num_steps, beta=cfg.smoothing,
                            diverge_factor=cfg.diverge_factor, skip_start=cfg.skip_start, skip_end=cfg.skip_end,
                            rule=cfg.suggestion)
     out = FigureWriter(out_dir, tensorboard=True)
-    out.save(plot_range_test(result), "lr_finder")
+    out.save(plot_range_test(result, f"{model_name(saved.model)}, {cfg.optimizer._target_.rsplit('.', 1)[-1]}"),
+             "lr_finder")
     save_json({"suggested_lr": result.suggestion, "checkpoint": cfg.checkpoint, "optimizer": cfg.optimizer._target_,
                "steps_run": len(result.lrs), "lr_at_min_smoothed_loss": result.lrs[int(np.argmin(result.smoothed))],
                **asdict(result), "rule": describe(result)}, out.out_dir / "lr_finder.json")

@@ -18,7 +18,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import optimizers
-from cli.validate import check_known_keys, check_output_dir, validate
+from cli.validate import SUPPLIED, check_known_keys, check_output_dir, validate
 from training import checkpoint, distributed, rundir
 from training.build import PLACEMENT, build_data, build_model, build_runtime, build_schedule
 from training.options import CHECKS, TrainerOptions
@@ -55,6 +55,9 @@ def trainer_options(t: DictConfig, progress_bar: bool) -> TrainerOptions:
 def build_trainer(cfg: DictConfig, run_dir: str | Path) -> Trainer:
     validate(cfg, run_dir)  # and create the run directory, or say why it cannot be written
     check_known_keys(cfg, "data", supplied=PLACEMENT)
+    check_known_keys(cfg, "model", supplied=SUPPLIED["model"])
+    check_known_keys(cfg, "optimizer", supplied=SUPPLIED["optimizer"], read=("decay_norm_and_bias",))  # by build
+    check_known_keys(cfg, "scheduler", supplied=SUPPLIED["scheduler"])
     t = cfg.trainer
     closure = getattr(get_class(cfg.optimizer._target_), "requires_closure", False)  # L-BFGS
     runtime = build_runtime(t.device, t.precision, t.loss_scale, run_dir, closure_optimizer=closure, tf32=t.tf32)

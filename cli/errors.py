@@ -12,11 +12,17 @@ import sys
 from contextlib import contextmanager
 from itertools import takewhile
 
-from hydra.errors import HydraException, InstantiationException, MissingConfigException, OverrideParseException
-from omegaconf.errors import OmegaConfBaseException
+from hydra.errors import (ConfigCompositionException, HydraException, InstantiationException, MissingConfigException,
+                          OverrideParseException)
+from hydra.utils import get_method
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigAttributeError, OmegaConfBaseException
+
+from cli.validate import SUPPLIED, accepted_keys
 
 from training.signals import STOP_SIGNALS, Interrupted
 from utils.errors import UserError
+from utils.suggest import nearest
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +49,8 @@ def one_line(error: BaseException) -> str:
         return f"{group}={option!r} is not an option of config group {group}: allowed {', '.join(error.options)}"
     if isinstance(error, OSError) and not isinstance(error, UserError) and error.filename is not None:
         return f"{error.strerror or type(error).__name__}: {error.filename}"
+    if unknown := unknown_key(error):
+        return unknown
     lines = [line for line in map(str.strip, str(error).splitlines()) if line]
     if not isinstance(error, HydraException):
         return lines[0] if lines else type(error).__name__
@@ -54,9 +62,49 @@ def one_line(error: BaseException) -> str:
     return " ".join(lines) or type(error).__name__
 
 
+def unknown_key(error: BaseException) -> str | None:
+    """Hydra's "Could not override 'k'. To append to your config use +k=v" for a key the config lacks, said
+    instead as the nearest existing keys; ``+k`` is advised only where the key's component takes it."""
+    cause = error.__cause__
+    if not (isinstance(error, ConfigCompositionException) and isinstance(cause, ConfigAttributeError)
+            and cause.full_key and OmegaConf.is_dict(cause.parent_node)):
+        return None
+    key, parent = cause.full_key, cause.parent_node
+    where = key.rpartition(".")[0]
+    near = nearest(key, [f"{where}.{k}" if where else k for k in _flat_keys(parent)])
+    message = f"{key} is not a key of {where or 'the config'}" + (f": did you mean {' or '.join(near)}?" if near else
+                                                                  f" (its keys: {', '.join(_flat_keys(parent, 1))})")
+    target, leaf = (parent._get_node("_target_") if "_target_" in parent else None), key.rpartition(".")[2]
+    if where in SUPPLIED and target is not None and leaf not in SUPPLIED[where] \
+            and leaf in accepted_keys(get_method(target._value())):
+        message += f" ({target._value()} takes it: add it with +{key}=<value>)"
+    return message
+
+
+def _flat_keys(node, depth: int = 8) -> list[str]:
+    """A config node's keys, nested ones dotted (down to ``depth``), without ``_target_``-like and Hydra's own."""
+    keys = []
+    for key in node.keys():
+        if str(key).startswith("_") or key == "hydra":
+            continue
+        child = node._get_node(key)
+        keys.append(str(key))
+        if depth > 1 and OmegaConf.is_dict(child):
+            keys += [f"{key}.{sub}" for sub in _flat_keys(child, depth - 1)]
+    return keys
+
+
 def exit_code(error: BaseException) -> int:
     cause = error.__cause__ if isinstance(error, InstantiationException) else error
     return getattr(cause, "exit_code", UserError.exit_code)
+
+
+def _to_log_files(level: int, message: str) -> None:
+    """Write ``message`` to the log files only (Hydra's ``train.log``), not to the console handler."""
+    record = log.makeRecord(log.name, level, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def _exit(code: int, message: str):
@@ -73,7 +121,7 @@ def exit_on_user_error():
     except USER_ERRORS as e:
         _exit(exit_code(e), f"error: {one_line(e)}")
     except Interrupted as e:
-        log.warning(str(e))
+        _to_log_files(logging.WARNING, str(e))  # train.log keeps it; the console gets it once, on stderr
         _exit(128 + e.signum, str(e))
     except Exception as e:
         torch = sys.modules.get("torch")  # only the training stack runs out of memory, and it has loaded torch
@@ -99,9 +147,12 @@ def exit_cleanly():
         _exit(128 + e.signum, str(e))
     except (UserError, HydraException, OmegaConfBaseException) as e:
         _exit(exit_code(e), f"error: {one_line(e)}")
-    except OSError as e:  # Hydra creates the run directory, writes .hydra/ and train.log there (the job's own
-        # errors were handled inside it, by exit_on_user_error)
-        _exit(2, f"error: cannot write the run directory ({one_line(e)}): set hydra.run.dir=<a writable folder>")
+    except (OSError, ValueError) as e:  # Hydra creates the run directory, writes .hydra/ and train.log there (the
+        # job's own errors were handled inside it, by exit_on_user_error); logging's ValueError wraps an OSError
+        cause = e.__cause__ if isinstance(e, ValueError) else e
+        if not isinstance(cause, OSError):
+            raise
+        _exit(2, f"error: cannot write the run directory ({one_line(cause)}): set hydra.run.dir=<a writable folder>")
     finally:
         for s, handler in previous.items():
             signal.signal(s, signal.SIG_IGN if stopping else handler)

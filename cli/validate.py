@@ -16,9 +16,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from optimizers.base import HYPERPARAMETERS
-from training.options import PRECISIONS, SanityOptions, TrainerOptions
+from training.options import LOGGER_RULES, LOSS_SCALE, MONITOR_RULES, PRECISIONS, SanityOptions, TrainerOptions
 from utils.errors import ConfigError
 from utils.rules import BOOL, BOOL_OR_AUTO, Rule, integer, list_of, number, one_of, rules_of
+from utils.suggest import nearest
 
 _MISSING = object()
 _DEVICE = Rule(lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None,
@@ -35,7 +36,7 @@ RULES: dict[str, Rule] = {
     "trainer.device": _DEVICE,
     "trainer.precision": one_of("auto", *PRECISIONS),
     "trainer.tf32": BOOL,
-    "trainer.loss_scale": number(0, lo_open=True, nullable=True),
+    "trainer.loss_scale": LOSS_SCALE,
     "trainer.channels_last": BOOL_OR_AUTO,
     "trainer.sanity": one_of("run", "warn", "skip"),
     "trainer.resume": _RESUME,
@@ -50,6 +51,7 @@ RULES: dict[str, Rule] = {
     "data.test_subset": integer(1, nullable=True),
     "data.val_split": integer(0),
     "data.crop_padding": integer(0),
+    "data.pad_mode": one_of("zeros", "reflect"),
     "data.flip": Rule(lambda v: isinstance(v, bool) or v == "alternating", "true, false or alternating"),
     "data.download": BOOL,
     "data.num_classes": integer(1),
@@ -80,10 +82,8 @@ RULES: dict[str, Rule] = {
     "scheduler.div_factor": number(0, lo_open=True),
     "scheduler.final_div_factor": number(0, lo_open=True),
     "scheduler.anneal_strategy": one_of("cos", "linear"),
-    "logger.log_every_n_steps": integer(1),
-    "logger.tensorboard": BOOL,
-    "logger.histograms": BOOL,
-    "logger.flush_secs": number(0, lo_open=True),
+    **{f"logger.{key}": rule for key, rule in LOGGER_RULES.items()},
+    **{f"monitor.{key}": rule for key, rule in MONITOR_RULES.items()},
     **rules_of(SanityOptions, "sanity"),
 }
 
@@ -98,6 +98,7 @@ def validate(cfg: DictConfig, run_dir: str | Path | None = None) -> None:
         if value is not _MISSING and not ok(value):
             raise ConfigError(f"{key}={_show(value)} is invalid: allowed {allowed}")
     _check_combinations(cfg)
+    _check_trainer_keys(cfg)
     if run_dir is not None:
         check_output_dir(run_dir)
 
@@ -138,18 +139,73 @@ def _check_combinations(cfg: DictConfig) -> None:
                           f"root; without it ../shared/data), or data.download=true")
 
 
-def check_known_keys(cfg: DictConfig, group: str, supplied: tuple[str, ...] = ()) -> None:
-    """Every key of ``cfg.<group>`` is a parameter of its ``_target_`` other than those the builder ``supplied``
-    (a misspelt key is refused, not dropped). Separate from ``validate``: it imports the target's module."""
-    target = get_method(cfg[group]._target_)
-    accepted = [name for name, p in inspect.signature(target).parameters.items()
-                if p.kind == p.KEYWORD_ONLY and name not in supplied]
-    for key in cfg[group]:
-        if not key.startswith("_") and key not in accepted:
-            raise ConfigError(f"{group}.{key}={_show(_value(cfg, f'{group}.{key}'))} is invalid: allowed only the "
-                              f"keys {', '.join(accepted)}")
+def _check_trainer_keys(cfg: DictConfig) -> None:
+    """Every key under ``trainer`` has a rule: one added with ``+`` (``+trainer.epochz=5``) would be ignored."""
+    if "trainer" not in cfg:
+        return
+    known = [key for key in RULES if key.startswith("trainer.")]
+    for key in _leaves(OmegaConf.to_container(cfg.trainer), "trainer."):
+        if key not in known:
+            near = nearest(key, known)
+            raise ConfigError(f"{key}={_show(_value(cfg, key))} is invalid: the trainer has no such key"
+                              + (f" (did you mean {' or '.join(near)}?)" if near else ""))
 
 
+def _leaves(tree: dict, prefix: str) -> list[str]:
+    """The dotted keys of a nested dict's leaves: {"clip": {"mode": ...}} -> ["<prefix>clip.mode"]."""
+    return [leaf for key, value in tree.items()
+            for leaf in (_leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}"])]
+
+
+def check_run_dir_overrides(overrides: list[str]) -> None:
+    """An empty ``hydra.run.dir`` or ``hydra.sweep.dir`` would put the run's files into the current directory (the
+    repository): refused before Hydra creates anything."""
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key.lstrip("+") in ("hydra.run.dir", "hydra.sweep.dir") and value.strip("'\" ") == "":
+            raise ConfigError(f"{key}={value or repr('')} is invalid: allowed a folder name (an empty one would write "
+                              f"the run into the current directory)")
+
+
+# What the builders pass to a group's target themselves (cli/compose.py; data's placement: training/build.py)
+SUPPLIED = {"model": (), "optimizer": ("params", "model"), "scheduler": ("optimizer", "steps_per_epoch", "total_steps")}
+
+
+def check_known_keys(cfg: DictConfig, group: str, supplied: tuple[str, ...] = (), read: tuple[str, ...] = ()) -> None:
+    """Every key of ``cfg.<group>`` is a parameter of its ``_target_`` other than those the builder ``supplied``, or
+    one the builder ``read`` itself (a misspelt or ``+``-added key is refused, naming the nearest accepted one, not
+    dropped); a nested node with a ``_target_`` of its own (Lookahead's ``base``) is checked the same way.
+    Separate from ``validate``: it imports the target's module."""
+    node = OmegaConf.select(cfg, group)
+    accepted = [name for name in accepted_keys(get_method(node._target_)) if name not in supplied] + list(read)
+    for key in node:
+        if key.startswith("_"):
+            continue
+        if key not in accepted:
+            nested = [f"{k}.{n}" for k in node if OmegaConf.is_dict(node[k]) and "_target_" in node[k]
+                      for n in node[k] if not n.startswith("_")]  # Lookahead's base.lr for a stray lr
+            near = nearest(key, accepted + nested)
+            hint = f"did you mean {group}.{near[0]}? " if near else ""
+            raise ConfigError(f"{group}.{key}={_show(_value(cfg, f'{group}.{key}'))} is invalid: {hint}allowed only "
+                              f"the keys {', '.join(accepted)}")
+        if OmegaConf.is_dict(node[key]) and "_target_" in node[key]:
+            check_known_keys(cfg, f"{group}.{key}", supplied=("params",), read=read)
+
+
+def accepted_keys(target) -> list[str]:
+    """The keyword parameters ``target`` takes; a class whose ``__init__`` passes ``**kwargs`` on to its base
+    class's (the schedules' ``**run``) takes that one's too."""
+    names, classes = [], (target.__mro__ if inspect.isclass(target) else [target])
+    for owner in classes:
+        function = owner.__init__ if inspect.isclass(target) else owner
+        if inspect.isclass(target) and "__init__" not in vars(owner):
+            continue
+        parameters = inspect.signature(function).parameters.values()
+        names += [p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+                  and p.name not in ("self", *names)]
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters):
+            return names
+    return names
 def check_output_dir(path: str | Path) -> None:
     """Create ``path`` if needed and prove it writable, or a ConfigError naming ``hydra.run.dir``."""
     try:

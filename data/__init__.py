@@ -86,8 +86,9 @@ def channel_stats(images: torch.Tensor, chunk: int = 1024) -> tuple[tuple[float,
 
 def build(*, source: str, root: str, download: bool = False, batch_size: int = 128,
           eval_batch_size: int = 1000, val_split: int = 0, train_subset: int | None = None,
-          val_subset: int | None = None, test_subset: int | None = None, crop_padding: int = 0, flip: bool | str = False,
-          seed: int = 0, num_classes: int, in_channels: int, image_size: int, rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu",
+          val_subset: int | None = None, test_subset: int | None = None, crop_padding: int = 0,
+          pad_mode: str = "zeros", flip: bool | str = False, seed: int = 0, num_classes: int, in_channels: int,
+          image_size: int, rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu",
           memory_format: torch.memory_format = torch.contiguous_format) -> ImageData:
     """Load the source's two splits into memory, hold ``val_split`` training images out, and wrap all three in
     loaders holding them on ``device``, rank ``rank`` of ``world_size`` reading its own share of each batch.
@@ -117,7 +118,7 @@ def build(*, source: str, root: str, download: bool = False, batch_size: int = 1
                            **common)
 
     train = BatchLoader(*subset(train_x, train_y, train_subset), batch_size=batch_size, shuffle=True,
-                        drop_last=True, crop_padding=crop_padding, flip=flip, **common)
+                        drop_last=True, crop_padding=crop_padding, pad_mode=pad_mode, flip=flip, **common)
     val = evaluation(val_x, val_y, val_subset) if val_split else None
     return ImageData(train, val, evaluation(test_x, test_y, test_subset), num_classes, in_channels, image_size,
                      mean, std)

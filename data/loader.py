@@ -19,6 +19,9 @@ import torch.nn.functional as F
 from utils.errors import require
 
 
+PAD_MODES = {"zeros": "constant", "reflect": "reflect"}  # data.pad_mode -> F.pad's mode
+
+
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """A generator whose stream depends on (seed, epoch) with no collisions between pairs."""
     (state,) = np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)
@@ -42,17 +45,18 @@ class BatchLoader:
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int,
                  mean: tuple[float, ...], std: tuple[float, ...], shuffle: bool, drop_last: bool,
-                 crop_padding: int = 0, flip: bool | str = False, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 crop_padding: int = 0, pad_mode: str = "zeros", flip: bool | str = False, seed: int = 0, rank: int = 0, world_size: int = 1,
                  device: torch.device | str = "cpu", memory_format: torch.memory_format = torch.contiguous_format):
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         require(batch_size >= 1, "data.batch_size", batch_size, "an integer >= 1")
         require(isinstance(flip, bool) or flip == "alternating", "data.flip", flip, "true, false or alternating")
         require(crop_padding >= 0, "data.crop_padding", crop_padding, "an integer >= 0")
+        require(pad_mode in PAD_MODES, "data.pad_mode", pad_mode, "one of " + ", ".join(PAD_MODES))
         require(0 <= rank < world_size, "rank", rank, f"an integer in [0, world_size={world_size})")
         self.images, self.labels = images.to(device), labels.to(device)  # the whole uint8 set: 150 MB for CIFAR-10
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
-        self.crop_padding, self.flip, self.seed = crop_padding, flip, seed
+        self.crop_padding, self.pad_mode, self.flip, self.seed = crop_padding, pad_mode, flip, seed
         self.rank, self.world_size, self.memory_format = rank, world_size, memory_format
         channels = images.shape[1]
         mean_255 = torch.tensor(mean, dtype=torch.float32).view(1, channels, 1, 1) * 255  # (1, C, 1, 1)
@@ -129,11 +133,11 @@ class BatchLoader:
         return x.sub_(self._mean).mul_(self._inv_std)
 
     def _crop_and_flip(self, x, dy, dx, flip) -> torch.Tensor:
-        """Random crop from the zero-padded image and horizontal flip, as a gather of rows then one of columns
+        """Random crop from the padded image (zeros, or the image reflected at its edges) and horizontal flip, as a gather of rows then one of columns
         over the batch (broadcast indices: no per-pixel index tensor)."""
         bsz, ch, h, w = x.shape
         p = self.crop_padding
-        padded = F.pad(x, (p, p, p, p)) if p else x  # (B, C, H+2p, W+2p)
+        padded = F.pad(x, (p, p, p, p), mode=PAD_MODES[self.pad_mode]) if p else x  # (B, C, H+2p, W+2p)
         rows = dy[:, None] + torch.arange(h, device=x.device)  # (B, H)
         cols = torch.arange(w, device=x.device).expand(bsz, w)
         cols = torch.where(flip[:, None], w - 1 - cols, cols) + dx[:, None]  # (B, W)

@@ -34,7 +34,7 @@ def test_overrides_reach_lookaheads_base_and_drop_the_group_policy():
 
 
 # Within the configured budget (2000 steps) these reach (1, 1) from (-1.5, 2); L-BFGS within 100 steps.
-REACH = {"momentum": 1e-3, "nesterov": 1e-3, "adam": 1e-3, "adamw": 1e-3, "sgd": 2e-2, "lookahead": 2e-2}
+REACH = {"momentum": 1e-3, "nesterov": 1e-3, "adam": 1e-3, "sgd": 2e-2, "lookahead": 2e-2}
 
 
 def test_rosenbrock_paths_end_near_the_minimum_within_the_configured_steps():

@@ -75,6 +75,22 @@ def reference_crop(padded: torch.Tensor, dy: int, dx: int, flip: bool) -> torch.
     return ((crop.flip(-1) if flip else crop).float() / 255 - 0.5) / 0.25
 
 
+def test_reflect_padding_crops_from_the_mirrored_edges():
+    loader = make_loader(n=32, crop_padding=2, pad_mode="reflect")
+    loader.set_epoch(0)
+    order, dy, dx, _ = loader._epoch_plan()
+    x, y = next(iter(loader))
+    raw = loader.images[y].float()
+    padded = torch.cat([raw[:, :, 1:3].flip(2), raw, raw[:, :, -3:-1].flip(2)], dim=2)  # rows 2 1 | 0..7 | 6 5
+    padded = torch.cat([padded[:, :, :, 1:3].flip(3), padded, padded[:, :, :, -3:-1].flip(3)], dim=3)
+    for i in range(len(y)):
+        crop = padded[i, :, dy[i]:dy[i] + 8, dx[i]:dx[i] + 8]
+        torch.testing.assert_close(x[i], (crop / 255 - 0.5) / 0.25)
+    assert ((dy[:16] == 0) | (dx[:16] == 0)).any()  # some crops reach into the padding
+    with pytest.raises(ValueError, match="data.pad_mode='wrap' is invalid: allowed one of zeros, reflect"):
+        make_loader(crop_padding=2, pad_mode="wrap")
+
+
 def test_shards_are_disjoint_slices_of_the_global_batch():
     single = make_loader(batch_size=16)
     ranks = [make_loader(batch_size=8, rank=r, world_size=2) for r in range(2)]

@@ -60,6 +60,15 @@ CONFIG_CASES = {
     "missing data root": (["data.root={tmp}/nowhere"], ["data.root='{tmp}/nowhere' is invalid: no such folder"]),
     "unwritable run dir": (["hydra.run.dir={tmp}/a_file/run"], ["cannot write the run directory", "Not a directory",
                                                                 "hydra.run.dir"]),
+    # issue 15 class 14: rules that were checked only once the data had loaded, or not at all
+    "monitor threshold": (["monitor.vanish_below=abc"], ["monitor.vanish_below='abc' is invalid: allowed a number"]),
+    "monitor limit": (["monitor.explode_above=abc"], ["monitor.explode_above='abc' is invalid: allowed a number > 0"]),
+    "flush interval": (["logger.flush_secs=1e10"], ["logger.flush_secs=10000000000.0 is invalid: allowed a number "
+                                                    "in (0, 86400]"]),
+    "loss scale too large": (["trainer.precision=fp16", "trainer.loss_scale=1e39"],
+                             ["trainer.loss_scale=1e+39 is invalid: allowed a number in [1e-38, 1e+38] or null"]),
+    "loss scale too small": (["trainer.precision=fp16", "trainer.loss_scale=1e-300"],
+                             ["trainer.loss_scale=1e-300 is invalid: allowed a number in [1e-38, 1e+38] or null"]),
 }
 
 
@@ -80,9 +89,30 @@ def test_bad_config_is_one_line_before_any_data(config_runs, case):
     assert "device cpu" not in results[case].stdout  # the Trainer was never built
 
 
+RUN_DIR_CASES = {  # issue 15 class 15: each was accepted, or a misleading line
+    "misspelt key added with +": (["+trainer.epochz=5", "hydra.run.dir={tmp}/added"],
+                                  "trainer.epochz=5 is invalid: the trainer has no such key (did you mean "
+                                  "trainer.epochs?)"),
+    "empty run dir": (["hydra.run.dir=''"], "hydra.run.dir='' is invalid: allowed a folder name (an empty one would "
+                                            "write the run into the current directory)"),
+    "empty sweep dir": (["-m", "hydra.sweep.dir="], "hydra.sweep.dir='' is invalid: allowed a folder name"),
+    "read-only run dir": (["hydra.run.dir=/sys/kernel"], "cannot write the run directory (Permission denied: "
+                                                         "/sys/kernel/train.log): set hydra.run.dir=<a writable folder>"),
+}
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys/kernel"), reason="a folder nobody may write: Linux's /sys/kernel")
+def test_bad_run_directory_and_added_key_are_one_line(tmp_path):
+    names = set(os.listdir(REPO))
+    results = run_train_py({name: [arg.format(tmp=tmp_path) for arg in args]
+                            for name, (args, _) in RUN_DIR_CASES.items()})
+    for name, (_, message) in RUN_DIR_CASES.items():
+        assert_one_line_error(results[name], message)
+    assert set(os.listdir(REPO)) == names  # nothing written into the repository (the current directory)
+
+
 @pytest.mark.parametrize("override,message", [
-    ("trainer.epoch=3", "Could not override 'trainer.epoch'. To append to your config use +trainer.epoch=3 "
-                        "(Key 'epoch' is not in struct)"),
+    ("trainer.epoch=3", "trainer.epoch is not a key of trainer: did you mean trainer.epochs?"),
     ("trainer.epochs=[", "cannot parse the override 'trainer.epochs=[': no viable alternative at input '['"),
     ("scheduler=nope", "scheduler='nope' is not an option of config group scheduler: allowed constant, cosine,"),
 ])

@@ -122,7 +122,9 @@ def test_dirac_and_data_whitening_can_be_switched_off():
 
 def test_airbench94_recipe_adds_alternating_flips_and_lookahead_to_the_fast_one(cfg):
     fast, c = cfg("experiment=cifar10_fast"), cfg("experiment=cifar10_94")
-    assert (c.data.flip, c.data.val_split, c.trainer.max_steps) == ("alternating", 0, 476)  # ceil(9.9 x 48)
+    assert (fast.data.val_split, fast.trainer.val_every_n_epochs) == (0, fast.trainer.epochs)  # all 50k train
+    assert (c.data.flip, c.data.pad_mode, c.data.val_split, c.trainer.max_steps) == ("alternating", "reflect", 0,
+                                                                                    476)  # ceil(9.9 x 48)
     assert dict(c.trainer.ema) == {"decay": pytest.approx(0.95 ** 5, abs=1e-5), "every": 5, "warmup": "cubic",
                                    "lookahead": True}
     assert c.optimizer == fast.optimizer and c.scheduler == fast.scheduler and c.model == fast.model

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from analysis.gradient_flow import GradientFlowFigure, draw, main, weight_layers
+from analysis.gradient_flow import GradientFlowFigure, draw, weight_layers
 from conftest import DATA_ROOT, REPO
 from models import MLP
 from training.logger import RunLogger
@@ -59,15 +59,17 @@ def test_the_figure_draws_the_linear_and_conv_layers_float32_head_included():
     assert weight_layers(history) == [0, 2, 3]
 
 
-def test_figure_for_a_run_and_for_a_sweep(tmp_path, capsys):
+def test_figure_for_a_run_and_for_a_sweep(tmp_path):
     for i, (activation, batch_norm) in enumerate([("sigmoid", False), ("relu", True)]):
         run = tmp_path / "sweep" / f"{i}_run"
         monitored_run(run, activation, batch_norm)
         (run / ".hydra").mkdir()
         overrides = [f"model.activation={activation}", f"model.batch_norm={batch_norm}", "data.root=x"]
         OmegaConf.save(OmegaConf.create(overrides), run / ".hydra" / "overrides.yaml")
-    main([str(tmp_path / "sweep")])
-    table = capsys.readouterr().out
+    result = subprocess.run([sys.executable, "-m", "analysis.gradient_flow", f"dir={tmp_path / 'sweep'}"], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    table = result.stdout
     assert (tmp_path / "sweep" / "gradient_flow.png").stat().st_size > 10_000
     assert "model.activation=sigmoid model.batch_norm=False" in table and "data.root" not in table
     ratios = [float(line.split()[-1]) for line in table.splitlines()[1:3]]  # last layer / first layer

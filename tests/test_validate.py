@@ -158,5 +158,6 @@ def test_validation_comes_before_any_data_is_read(tmp_path):
 
 def test_an_unknown_data_key_is_refused_by_name_before_any_data_is_read(tmp_path):
     """data.build takes no catch-all: a misspelt key is an error naming the keys it has, not silently dropped."""
-    with pytest.raises(ConfigError, match=r"^data.batchsize=32 is invalid: allowed only the keys source, root, "):
+    with pytest.raises(ConfigError, match=r"^data.batchsize=32 is invalid: did you mean data.batch_size\? allowed "
+                                          r"only the keys source, root, "):
         build_trainer(compose_cfg(f"data.root={tmp_path}", "+data.batchsize=32"), tmp_path / "run")

@@ -16,7 +16,8 @@ from tensorboard.summary.writer.event_file_writer import _AsyncWriterThread
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
-from utils.errors import UserError, require
+from training.options import LOGGER_RULES, check_rules
+from utils.errors import UserError
 from utils.io import atomic_write, save_json
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,8 @@ def _quiet_writer_threads() -> None:
 class RunLogger:
     def __init__(self, run_dir: str | Path, *, enabled: bool = True, tensorboard: bool = True,
                  log_every_n_steps: int = 10, histograms: bool = True, flush_secs: int = 30):
-        require(log_every_n_steps >= 1, "logger.log_every_n_steps", log_every_n_steps, "an integer >= 1")
+        check_rules(LOGGER_RULES, "logger", dict(log_every_n_steps=log_every_n_steps, tensorboard=tensorboard,
+                                                histograms=histograms, flush_secs=flush_secs))
         self.run_dir = Path(run_dir)
         self.enabled, self.log_every_n_steps, self.histograms = enabled, log_every_n_steps, histograms
         self.tensorboard, self.flush_secs = tensorboard, flush_secs

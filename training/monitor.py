@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from training.logger import RunLogger
+from training.options import MONITOR_RULES, check_rules
 from utils.errors import require
 
 log = logging.getLogger(__name__)
@@ -70,14 +71,11 @@ def read_history(path: str | Path) -> GradientHistory:
 class GradientMonitor:
     def __init__(self, logger: RunLogger, *, every_n_steps: int = 50, vanish_below: float = 1e-6,
                  explode_above: float = 1e3, patience: int = 3, histograms_every_n_steps: int = 500):
-        _require(isinstance(every_n_steps, int) and every_n_steps >= 0, "every_n_steps", every_n_steps,
-                 "an integer >= 0 (0: off)")
-        _require(isinstance(histograms_every_n_steps, int) and histograms_every_n_steps >= 0,
-                 "histograms_every_n_steps", histograms_every_n_steps, "an integer >= 0 (0: off)")
-        _require(_is_number(vanish_below) and vanish_below >= 0, "vanish_below", vanish_below, "a number >= 0")
-        _require(_is_number(explode_above) and explode_above > vanish_below, "explode_above", explode_above,
-                 f"a number > monitor.vanish_below={vanish_below}")
-        _require(isinstance(patience, int) and patience >= 1, "patience", patience, "an integer >= 1")
+        check_rules(MONITOR_RULES, "monitor", dict(every_n_steps=every_n_steps, vanish_below=vanish_below,
+                                                  explode_above=explode_above, patience=patience,
+                                                  histograms_every_n_steps=histograms_every_n_steps))
+        require(explode_above > vanish_below, "monitor.explode_above", explode_above,
+                f"a number > monitor.vanish_below={vanish_below}")
         self.logger, self.every_n_steps = logger, every_n_steps
         self.histograms_every_n_steps = histograms_every_n_steps
         self._histogram_period: int | None = None  # step // histograms_every_n_steps at the last histograms
@@ -168,10 +166,3 @@ class GradientMonitor:
                             "every %d steps, the last at step %d): %s", what, len(reached), relation, key, limit,
                             self.patience, self.every_n_steps, step, ", ".join(reached))
 
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _require(ok: bool, key: str, value, allowed: str) -> None:
-    require(ok, f"monitor.{key}", value, allowed)

@@ -70,3 +70,20 @@ class SanityOptions:
         for key, value in options.items():
             require(key in known, f"sanity.{key}", value, f"only the keys {', '.join(known)}")
         return cls(**options)
+
+
+# The other engine objects' config keys, stated here (free of torch) for the validator and checked again by each
+# constructor: the logger (training/logger.py), the gradient monitor (training/monitor.py), the loss scale
+# (training/precision.py: a static scale is a float32 tensor, so it must be a normal float32 number).
+LOGGER_RULES = {"log_every_n_steps": integer(1), "tensorboard": BOOL, "histograms": BOOL,
+                "flush_secs": number(0, 86400, lo_open=True)}  # TensorBoard's writer thread waits at most a day
+MONITOR_RULES = {"every_n_steps": integer(0), "histograms_every_n_steps": integer(0), "vanish_below": number(0),
+                 "explode_above": number(0, lo_open=True), "patience": integer(1)}
+LOSS_SCALE = number(1e-38, 1e38, nullable=True)
+
+
+def check_rules(rules: dict, prefix: str, values: dict) -> None:
+    """Apply ``rules`` to the ``values`` they name, as ``<prefix>.<key>``."""
+    for key, rule in rules.items():
+        if key in values:
+            rule.check(f"{prefix}.{key}", values[key])

@@ -12,7 +12,7 @@ from contextlib import nullcontext
 
 import torch
 
-from training.options import PRECISIONS
+from training.options import LOSS_SCALE, PRECISIONS
 from utils.device import BF16_FLAGS, cpu_bf16_instructions
 from utils.errors import require
 
@@ -55,7 +55,7 @@ class Precision:
     def __init__(self, mode: str, device: torch.device, loss_scale: float | None = None,
                  growth_interval: int = 2000):
         require(mode in PRECISIONS, "trainer.precision", mode, f"one of auto, {', '.join(PRECISIONS)}")
-        require(loss_scale is None or loss_scale > 0, "trainer.loss_scale", loss_scale, "a number > 0 or null (dynamic)")
+        LOSS_SCALE.check("trainer.loss_scale", loss_scale)
         self.mode, self.device, self.static_scale = mode, device, loss_scale
         self.scaler = torch.amp.GradScaler(device.type, enabled=mode == "fp16",
                                            init_scale=loss_scale or 2.0 ** 16, growth_interval=growth_interval)

@@ -50,7 +50,7 @@ def plot_paths(fn: ToyFunction, paths: list[Trajectory]):
         ax.plot(p.points[:, 0], p.points[:, 1], ls, color=c, lw=1.5, label=p.optimizer)
         ax.plot(*p.points[-1], "o", color=c, markeredgecolor="black")
     ax.plot(*paths[0].points[0], "s", color="white", markeredgecolor="black", label="start")
-    ax.legend(loc="upper left", fontsize=8, ncol=2)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)  # beside the contours: no path covered
     ax.set_title(f"{fn.name}: optimizer paths over contours of f - f_min (log-spaced levels)")
     return fig
 
