@@ -13,7 +13,8 @@ descent of the smoothed loss against log LR (the minimum of its gradient) before
 ignoring the first ``skip_start`` and last ``skip_end`` points; or ``minimum_over_10``, the LR of the smoothed
 loss's minimum divided by 10 (fastai's ``minimum``). The output, the JSON and the figure name the rule. Without
 ``checkpoint`` the model is freshly initialised with ``trainer.seed`` (the test is meant for the start of
-training); the optimizer is ``cfg.optimizer`` (its own ``lr`` is overridden). The ramp runs in float32, without autocast.
+training); the optimizer is ``cfg.optimizer`` (its own ``lr`` is overridden). The ramp runs in float32, without
+autocast.
 Writes ``lr_finder.png`` (raw and smoothed loss against LR, log x) and ``lr_finder.json``, and TensorBoard images.
 """
 import copy

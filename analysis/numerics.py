@@ -317,7 +317,8 @@ def tables(numbers: dict) -> str:
               "".join(f"{c:>9g}" for c in var["offsets"])]
     lines += [f"{'variance ' + k:18}" + "".join(_cell(v) for v in values) for k, values in var["errors"].items()]
     lp = numbers["log1p"]
-    lines += ["", "(b) log(1+x) vs log1p(x), relative error (x->0: x rounds to zero)", f"{'x =':18}" + "".join(f"{x:>9g}" for x in lp["x"])]
+    lines += ["", "(b) log(1+x) vs log1p(x), relative error (x->0: x rounds to zero)",
+              f"{'x =':18}" + "".join(f"{x:>9g}" for x in lp["x"])]
     for name, per in lp["errors"].items():
         lines += [f"{name + ' ' + k:18}" + "".join(_cell(v) for v in values) for k, values in per.items()]
     ls = numbers["loss_scaling"]

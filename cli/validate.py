@@ -24,7 +24,11 @@ from utils.suggest import nearest
 _MISSING = object()
 _DEVICE = Rule(lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None,
                "auto, cpu, cuda or cuda:N")
-_RESUME = Rule(lambda v: v is None or v == "auto" or (isinstance(v, str) and Path(v).is_file()),
+def _a_file(value) -> bool:
+    return isinstance(value, str) and Path(value).is_file()
+
+
+_RESUME = Rule(lambda v: v is None or v == "auto" or _a_file(v),
                "null, auto, or the path of an existing checkpoint file")
 
 # The trainer's options state their own rules (training/options.py), the optimizers theirs (optimizers/base.py),
@@ -41,8 +45,7 @@ RULES: dict[str, Rule] = {
     "trainer.sanity": one_of("run", "warn", "skip"),
     "trainer.resume": _RESUME,
     "trainer.pause_at_step": integer(1, nullable=True),
-    "trainer.init_from": Rule(lambda v: v is None or (isinstance(v, str) and Path(v).is_file()),
-                              "null, or the path of an existing checkpoint file"),
+    "trainer.init_from": Rule(lambda v: v is None or _a_file(v), "null, or the path of an existing checkpoint file"),
     "trainer.progress_bar": BOOL_OR_AUTO,  # resolved to true or false for TrainerOptions
     "data.batch_size": integer(1),
     "data.eval_batch_size": integer(1),

@@ -45,7 +45,8 @@ class BatchLoader:
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int,
                  mean: tuple[float, ...], std: tuple[float, ...], shuffle: bool, drop_last: bool,
-                 crop_padding: int = 0, pad_mode: str = "zeros", flip: bool | str = False, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 crop_padding: int = 0, pad_mode: str = "zeros", flip: bool | str = False, seed: int = 0,
+                 rank: int = 0, world_size: int = 1,
                  device: torch.device | str = "cpu", memory_format: torch.memory_format = torch.contiguous_format):
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
@@ -133,8 +134,8 @@ class BatchLoader:
         return x.sub_(self._mean).mul_(self._inv_std)
 
     def _crop_and_flip(self, x, dy, dx, flip) -> torch.Tensor:
-        """Random crop from the padded image (zeros, or the image reflected at its edges) and horizontal flip, as a gather of rows then one of columns
-        over the batch (broadcast indices: no per-pixel index tensor)."""
+        """Random crop from the padded image (zeros, or the image reflected at its edges) and horizontal flip, as a
+        gather of rows then one of columns over the batch (broadcast indices: no per-pixel index tensor)."""
         bsz, ch, h, w = x.shape
         p = self.crop_padding
         padded = F.pad(x, (p, p, p, p), mode=PAD_MODES[self.pad_mode]) if p else x  # (B, C, H+2p, W+2p)

@@ -92,11 +92,16 @@ def test_a_fresh_start_over_a_run_is_refused_and_touches_nothing(runs):
     assert snapshot(tmp / "finished") == before["finished"]
 
 
-def test_a_torn_metrics_line_is_dropped_and_said(runs):
+def finished_log(runs, case: str, directory: str) -> str:
+    """The train.log of ``case``'s run in ``directory``, after asserting that the run exited 0."""
     tmp, results, _ = runs
-    result = results["torn metrics line"]
-    assert result.returncode == 0, result.stderr
-    log = (tmp / "torn" / "train.log").read_text()
+    assert results[case].returncode == 0, results[case].stderr
+    return (tmp / directory / "train.log").read_text()
+
+
+def test_a_torn_metrics_line_is_dropped_and_said(runs):
+    tmp, _, _ = runs
+    log = finished_log(runs, "torn metrics line", "torn")
     assert f"{tmp / 'torn' / 'metrics.jsonl'}: dropped 1 line(s) that do not parse" in log
     records = [json.loads(line) for line in (tmp / "torn" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records if "train_loss" in r] == [1, 2]
@@ -104,21 +109,17 @@ def test_a_torn_metrics_line_is_dropped_and_said(runs):
 
 
 def test_resume_auto_without_last_pt_continues_from_the_newest_step_file(runs):
-    tmp, results, _ = runs
-    result = results["no last.pt"]
-    assert result.returncode == 0, result.stderr
+    tmp, _, _ = runs
     saved = tmp / "no_last" / "checkpoints"
-    log = (tmp / "no_last" / "train.log").read_text()
+    log = finished_log(runs, "no last.pt", "no_last")
     assert f"resumed from {saved / 'step-000000006.pt'} at epoch 0, step 6" in log
     assert sorted(p.name for p in saved.glob("step-*.pt")) == [f"step-00000000{n}.pt" for n in (6, 7, 8)]
     assert checkpoint.load(saved / "last.pt")["global_step"] == 8
 
 
 def test_resume_auto_passes_over_a_corrupt_checkpoint(runs):
-    tmp, results, _ = runs
-    result = results["corrupt newest step"]
-    assert result.returncode == 0, result.stderr
-    log = (tmp / "bad_step" / "train.log").read_text()
+    tmp, _, _ = runs
+    log = finished_log(runs, "corrupt newest step", "bad_step")
     assert f"passing over {tmp / 'bad_step' / 'checkpoints' / 'step-000000006.pt'} fails its checksum" in log
     assert f"resumed from {tmp / 'bad_step' / 'checkpoints' / 'step-000000005.pt'} at epoch 0, step 5" in log
 

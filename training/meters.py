@@ -63,7 +63,9 @@ class EpochTotals:
         """train_loss and train_acc over every rank's examples (one synchronisation); NaN for an epoch whose
         every step was skipped (``on_nan=skip``): there is nothing to average."""
         loss_sum, correct, count = all_reduce_sum(self.state(self.sums.device), dist).tolist()
-        return {"train_loss": loss_sum / count if count else math.nan, "train_acc": correct / count if count else math.nan}
+        if not count:
+            return {"train_loss": math.nan, "train_acc": math.nan}
+        return {"train_loss": loss_sum / count, "train_acc": correct / count}
 
     def state(self, device: torch.device = torch.device("cpu")) -> torch.Tensor:
         """(loss_sum, correct, count) as one float64 tensor on ``device``."""

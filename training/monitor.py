@@ -7,8 +7,9 @@ every ``every_n_steps`` steps the monitor takes every parameter's gradient and w
 ``torch._foreach_norm`` each and sums squares into layers, on the device; nothing waits for the device until
 ``flush``, which the Trainer calls when it logs: it reads every pending observation in one synchronisation.
 It writes ``weights/grad_norm/<layer>`` and ``weights/norm/<layer>`` scalars (and ``weights/grad/<layer>``,
-``weights/value/<layer>`` histograms at the first observation in each period of ``histograms_every_n_steps`` steps: a device copy of every
-tensor taken at that step, copied to the host at the flush, ~40x the cost of the norms), appends a row to
+``weights/value/<layer>`` histograms at the first observation in each period of ``histograms_every_n_steps``
+steps: a device copy of every tensor taken at that step, copied to the host at the flush, ~40x the cost of the
+norms), appends a row to
 ``<run dir>/grad_norms.jsonl`` (the history ``analysis.gradient_flow`` draws), and logs a warning when a layer's
 gradient norm stays below ``vanish_below`` or above ``explode_above`` (or is not finite) for ``patience``
 observations in a row.

@@ -276,7 +276,8 @@ def _overshoot(numbers: dict, losses: list[float]) -> str:
     """Whether the training losses diverged or overshot ('' when neither)."""
     if not all(math.isfinite(v) for v in losses):
         first_bad = next(i for i, v in enumerate(losses) if not math.isfinite(v))
-        return f"the training loss became non-finite at step {first_bad + 1}: the steps diverge (learning rate too large?)"
+        return (f"the training loss became non-finite at step {first_bad + 1}: the steps diverge (learning rate too "
+                f"large?)")
     if numbers["train_max"] > 2 * losses[0]:
         return (f"the training loss peaked at {numbers['train_max']:.4g} (first step {losses[0]:.4g}): the steps "
                 f"overshoot (learning rate too large?)")

@@ -57,7 +57,7 @@ class Trainer(TrainerState):
                  monitor=None, config: dict | None = None, continue_with: str | None = None):
         self.model, self.optimizer, self.scheduler, self.data, self.logger = model, optimizer, scheduler, data, logger
         self.options, self.monitor, self.config = options, monitor, config or {}
-        # The overrides that continue this run from its checkpoint (cli/compose.py names the sweep's directory in a sweep)
+        # The overrides that continue this run from its checkpoint (in a sweep cli/compose.py names the sweep's dir)
         self.continue_with = continue_with or f"trainer.resume=auto hydra.run.dir={runtime.run_dir}"
         self.device, self.precision, self.dist = runtime.device, runtime.precision, runtime.dist
         self.run_dir = Path(runtime.run_dir)
