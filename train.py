@@ -12,9 +12,9 @@ from cli.entry import command, run
 
 
 def this_job():
-    """cli/report.py's record of this Hydra job: its run directory, and whether it is one job of a sweep."""
+    """cli/report.py's record of this Hydra job: its run directory, and its number if it is one job of a sweep."""
     hydra = HydraConfig.get()
-    return report.job(hydra.runtime.output_dir, in_sweep=hydra.mode == RunMode.MULTIRUN)
+    return report.job(hydra.runtime.output_dir, hydra.job.num if hydra.mode == RunMode.MULTIRUN else None)
 
 
 @command("train", around=this_job)  # validated before the training stack (torchvision, TensorBoard, models) loads

@@ -6,7 +6,6 @@ training/build.py's builders (runtime, model, data, schedule) with plain argumen
 config, build model and optimizer (their constructors check their arguments), and only then load data.
 """
 import logging
-import sys
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from training.sanity import Recipe, SanityReport, run_checks
 from training.step import GradientClip, needs_closure
 from training.trainer import Trainer
 from utils.errors import UserError
+from utils.progress import show_progress
 from utils.seed import seed_everything
 
 log = logging.getLogger(__name__)
@@ -66,13 +66,13 @@ def build_trainer(cfg: DictConfig, run_dir: str | Path) -> Trainer:
     model = instantiate(cfg.model)
     memory_format = build_model(model, runtime, t.channels_last)
     optimizer = optimizers.build(cfg.optimizer, model)
-    data = build_data(instantiate(cfg.data, _partial_=True), runtime, memory_format, model)
+    progress = show_progress(t.progress_bar, runtime.dist.is_main)
+    data = build_data(instantiate(cfg.data, _partial_=True), runtime, memory_format, model, progress)
     full_batch = needs_closure(optimizer) and t.closure == "full_batch"
     scheduler = build_schedule(instantiate(cfg.scheduler), optimizer, data, epochs=t.epochs, max_steps=t.max_steps,
                                full_batch=full_batch)
     env = runtime.dist
     logger = instantiate(cfg.logger)(run_dir=runtime.run_dir, enabled=env.is_main)
-    progress = (sys.stderr.isatty() if t.progress_bar == "auto" else t.progress_bar) and env.is_main
     log.info("device %s, precision %s, %s, %d process(es); global batch %d, base lr %g, %d steps", runtime.device,
              runtime.precision.mode, "channels_last" if memory_format == torch.channels_last else "NCHW",
              env.world_size, data.train.global_batch_size, optimizer.param_groups[0]["lr"], scheduler.total_steps)
@@ -138,7 +138,7 @@ def sanity_check(trainer: Trainer, cfg: DictConfig) -> SanityReport:
     if cfg.trainer.get("init_from") is not None:  # trained weights: no loss near ln C at the start, none bound to fall
         options["checks"] = [c for c in options.get("checks", CHECKS) if c not in FRESH_MODEL_CHECKS]
     with torch.random.fork_rng(devices=[trainer.device] if trainer.device.type == "cuda" else []):
-        return run_checks(trainer.model, recipe, trainer.data, **options)
+        return run_checks(trainer.model, recipe, trainer.data, progress=trainer.options.progress_bar, **options)
 
 
 def run_sanity(trainer: Trainer, cfg: DictConfig) -> None:

@@ -20,6 +20,7 @@ from training.build import build_data, build_model, build_runtime
 from training.evaluation import Confusion, confusion
 from utils.errors import ConfigError, require
 from utils.io import save_json
+from utils.progress import show_progress
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +49,13 @@ def evaluate(cfg: DictConfig, overrides: list[str], run_dir: str | Path) -> dict
     runtime = build_runtime(t.device, t.precision, None, run_dir, tf32=t.tf32)
     model = instantiate(run.model)
     memory_format = build_model(model, runtime, t.channels_last)
-    data = build_data(instantiate(run.data, _partial_=True), runtime, memory_format, model)
+    progress = show_progress(cfg.trainer.progress_bar, runtime.dist.is_main)  # this command's setting, not the run's
+    data = build_data(instantiate(run.data, _partial_=True), runtime, memory_format, model, progress)
     checkpoint.check_model_matches(state, model, path)
     model.load_state_dict(state["model"])  # after build_data: a data-dependent init must not overwrite the weights
     loader = data.test if cfg.split == "test" else data.val
-    scores = confusion(model, loader, runtime.precision, t.tta, data.num_classes)
+    scores = confusion(model, loader, runtime.precision, t.tta, data.num_classes,
+                       f"evaluating ({cfg.split})" if progress else None)
     names = class_names(run.data, data.num_classes)
     record = {"checkpoint": str(path), "epoch": state["epoch"], "global_step": state["global_step"],
               "split": cfg.split, "images": scores.n, "tta": t.tta, "device": str(runtime.device),

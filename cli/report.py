@@ -1,9 +1,10 @@
 """What a person sees when a run or a sweep ends: where it went, how it did, how to look at it.
 
-``job(run_dir, in_sweep)`` wraps one training job. A finished job prints the closing block (run directory,
+``job(run_dir, job_num)`` wraps one training job. A finished job prints the closing block (run directory,
 best/final val acc, test acc, training time, the ``tensorboard --logdir`` line); a failed one logs its error (so it
 lands in ``train.log``), marks ``summary.json`` ``status: failed`` with the error, and, inside a sweep, lets the next
-job run. ``SweepReport`` (a Hydra callback in configs/train.yaml) prints the sweep directory when a sweep
+job run. In a sweep every console line of a job starts with its number (``[03]``, as its directory ``03_...``):
+the parallel launcher's jobs print side by side. ``SweepReport`` (a Hydra callback in configs/train.yaml) prints the sweep directory when a sweep
 starts, a table of its jobs when it ends, and exits 1 if any job failed.
 """
 import json
@@ -11,7 +12,7 @@ import logging
 import os
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -24,11 +25,20 @@ log = logging.getLogger(__name__)
 
 
 @contextmanager
-def job(run_dir: str | Path, in_sweep: bool):
-    """Record how the job inside ended; in a sweep a failed job does not stop the next ones. Under DDP only
-    rank 0 writes and prints (the other ranks' run directory is ``.``)."""
+def job(run_dir: str | Path, job_num: int | None):
+    """Record how the job inside ended; in a sweep (``job_num``: the job's number, None outside a sweep) a failed
+    job does not stop the next ones. Under DDP only rank 0 writes and prints (the other ranks' run directory is
+    ``.``)."""
+    in_sweep = job_num is not None
+    with console_prefix(f"[{job_num:02d}] ") if in_sweep else nullcontext(), outcome(Path(run_dir), in_sweep):
+        yield
+
+
+@contextmanager
+def outcome(run_dir: Path, in_sweep: bool):
+    """How the job ended: the closing block and summary.json, or the error logged and written."""
     started = time.perf_counter()
-    run_dir, main_rank = Path(run_dir), int(os.environ.get("RANK", "0")) == 0
+    main_rank = int(os.environ.get("RANK", "0")) == 0
     try:
         yield
     except Exception as e:
@@ -54,6 +64,33 @@ def job(run_dir: str | Path, in_sweep: bool):
         if main_rank:
             summary = _write_summary(run_dir, status="finished", process_time=time.perf_counter() - started)
             log.info("\n%s", closing_block(run_dir, summary))
+
+
+@contextmanager
+def console_prefix(prefix: str):
+    """Inside the block every line the console's log handlers print starts with ``prefix``; log files are left
+    as they are."""
+    handlers = [h for h in logging.getLogger().handlers
+                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    formatters = [h.formatter for h in handlers]
+    for handler, formatter in zip(handlers, formatters):
+        handler.setFormatter(PrefixFormatter(prefix, formatter or logging.Formatter()))
+    try:
+        yield
+    finally:
+        for handler, formatter in zip(handlers, formatters):
+            handler.setFormatter(formatter)
+
+
+class PrefixFormatter(logging.Formatter):
+    """``formatter``'s text with ``prefix`` before each of its lines (a table logged in one record too)."""
+
+    def __init__(self, prefix: str, formatter: logging.Formatter):
+        super().__init__()
+        self.prefix, self.formatter = prefix, formatter
+
+    def format(self, record: logging.LogRecord) -> str:
+        return "\n".join(self.prefix + line for line in self.formatter.format(record).split("\n"))
 
 
 def closing_block(run_dir: Path, summary: dict) -> str:

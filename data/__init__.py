@@ -89,18 +89,20 @@ def build(*, source: str, root: str, download: bool = False, batch_size: int = 1
           val_subset: int | None = None, test_subset: int | None = None, crop_padding: int = 0,
           pad_mode: str = "zeros", flip: bool | str = False, seed: int = 0, num_classes: int, in_channels: int,
           image_size: int, rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu",
-          memory_format: torch.memory_format = torch.contiguous_format) -> ImageData:
+          memory_format: torch.memory_format = torch.contiguous_format, progress: bool = False) -> ImageData:
     """Load the source's two splits into memory, hold ``val_split`` training images out, and wrap all three in
     loaders holding them on ``device``, rank ``rank`` of ``world_size`` reading its own share of each batch.
     Subsets (quick runs) are taken after the split, from each part: a test image never reaches train or val.
 
     ``num_classes``, ``in_channels`` and ``image_size`` are the config's promise (models read them
-    by interpolation before any data is loaded); they are checked against the data here.
+    by interpolation before any data is loaded); they are checked against the data here. ``progress``: a bar while
+    an image folder decodes.
     """
     require(source in SOURCES, "data.source", source, f"one of {', '.join(SOURCES)}")
     load = SOURCES[source]
-    train_x, train_y = load(root, train=True, download=download)
-    test_x, test_y = load(root, train=False, download=download)
+    shown = {"progress": progress} if source == "image_folder" else {}  # the one source decoded file by file
+    train_x, train_y = load(root, train=True, download=download, **shown)
+    test_x, test_y = load(root, train=False, download=download, **shown)
     for split, labels in (("train", train_y), ("test", test_y)):
         check_labels(labels, num_classes, f"the {split} split of {source} at data.root={root!r}")
     found = (int(train_y.max()) + 1, train_x.shape[1], train_x.shape[-1])

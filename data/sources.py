@@ -13,6 +13,7 @@ from torchvision.datasets.folder import find_classes
 from torchvision.io import ImageReadMode, decode_image, read_file
 
 from utils.errors import ConfigError, UserError
+from utils.progress import progress_bar
 
 
 class DatasetNotFoundError(UserError, FileNotFoundError):
@@ -85,8 +86,9 @@ def load_cifar10(root: str, train: bool, download: bool = False):
     return images, torch.tensor(ds.targets, dtype=torch.long)
 
 
-def load_image_folder(root: str, train: bool, download: bool = False):
-    """``root/{train,test}/<class>/<image>``, classes in sorted order (CIFAR-10's label order)."""
+def load_image_folder(root: str, train: bool, download: bool = False, progress: bool = False):
+    """``root/{train,test}/<class>/<image>``, classes in sorted order (CIFAR-10's label order); ``progress``: a bar
+    while the images decode (CIFAR-10's 60,000 JPEGs take seconds)."""
     if download:
         raise ConfigError("data.download=True is invalid for an image folder: allowed false (the folder must exist)")
     split = Path(root) / ("train" if train else "test")
@@ -97,7 +99,7 @@ def load_image_folder(root: str, train: bool, download: bool = False):
             f"(data=cifar10_folder reads $DATA_ROOT/cifar10-jpeg75; without it ../shared/data/cifar10-jpeg75)")
     check_same_classes(Path(root))
     samples = torchvision.datasets.ImageFolder(str(split)).samples  # [(path, class_index)], sorted
-    images = [_decode(path) for path, _ in samples]
+    images = [_decode(path) for path, _ in progress_bar(samples, desc=f"decoding {split.name}/", enabled=progress)]
     for image, (path, _) in zip(images, samples):
         if image.shape != images[0].shape:
             raise DataError(f"{path} is {image.shape[2]}x{image.shape[1]} pixels, {samples[0][0]} and the images "

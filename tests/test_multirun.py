@@ -46,3 +46,25 @@ def hparams_of(tb_dir):
                     names += [h.name for h in data.experiment.hparam_infos]
                     metrics += [m.name.tag for m in data.experiment.metric_infos]
     return names, metrics
+
+
+def test_parallel_jobs_prefix_every_console_line_with_their_number(tmp_path):
+    """Side by side (joblib), each job's console lines, a logged table's too, start with its number; its train.log
+    and the sweep's own lines (the closing table) do not. Job 0 (lr 0) fails its sanity check, job 1 trains."""
+    cmd = [sys.executable, "train.py", "-m", "hydra/launcher=parallel", "optimizer.lr=0,0.1", f"data.root={DATA_ROOT}",
+           "data.train_subset=256", "data.val_subset=128", "trainer.max_steps=2", "trainer.device=cpu",
+           "sanity.checks=[overfit]", "sanity.overfit_steps=5", f"hydra.sweep.dir={tmp_path}"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    jobs, rest = proc.stdout.split(f"sweep {tmp_path}: 2 jobs, 1 failed")
+    job_lines = [line for line in jobs.splitlines() if "[HYDRA]" not in line]  # the sweep's start: Hydra's lines
+    assert job_lines and all(line.startswith(("[00] ", "[01] ")) for line in job_lines), job_lines
+    zero = [line for line in job_lines if line.startswith("[00] ")]
+    assert any("[cli.report][ERROR] - job failed: sanity check failed: overfit" in line for line in zero)
+    assert any(line.startswith("[00] overfit  FAIL ") for line in zero)  # a row of the sanity table (one record)
+    one = [line[len("[01] "):] for line in job_lines if line.startswith("[01] ")]
+    block = one[one.index(f"run directory  {tmp_path / '01_optimizer.lr=0.1'}"):]
+    assert [row.split()[0] for row in block] == ["run", "val", "test", "train", "tensorboard"]
+    assert "[0" not in rest and rest.splitlines()[1].startswith("job  what varies")
+    for job_dir in tmp_path.glob("0*"):
+        assert (job_dir / "train.log").read_text().startswith("[20")  # the log file is not prefixed

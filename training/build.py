@@ -16,7 +16,7 @@ from utils.device import set_tf32
 from utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
-PLACEMENT = ("rank", "world_size", "device", "memory_format")  # the keywords build_data gives the data factory
+PLACEMENT = ("rank", "world_size", "device", "memory_format", "progress")  # the keywords build_data gives the factory
 
 
 def build_runtime(device: str, precision: str, loss_scale: float | None, run_dir: str | Path, *,
@@ -42,11 +42,13 @@ def build_model(model: nn.Module, runtime: Runtime, channels_last: bool | str) -
     return memory_format
 
 
-def build_data(make_data, runtime: Runtime, memory_format: torch.memory_format, model: nn.Module) -> ImageData:
-    """The loaders from ``make_data(**placement)``, already sharded over the ranks and on the run's device;
-    a model with a data-dependent init (models.AirbenchNet's whitening layer) gets it here."""
+def build_data(make_data, runtime: Runtime, memory_format: torch.memory_format, model: nn.Module,
+               progress: bool = False) -> ImageData:
+    """The loaders from ``make_data(**placement)``, already sharded over the ranks and on the run's device (with a
+    bar while images decode if ``progress``); a model with a data-dependent init (models.AirbenchNet's whitening
+    layer) gets it here."""
     data = make_data(rank=runtime.dist.rank, world_size=runtime.dist.world_size, device=runtime.device,
-                     memory_format=memory_format)  # the PLACEMENT keywords
+                     memory_format=memory_format, progress=progress)  # the PLACEMENT keywords
     if hasattr(model, "init_from_data"):
         model.init_from_data(data.train.images, data.mean, data.std)
     return data

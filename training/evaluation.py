@@ -17,18 +17,19 @@ from training.distributed import DistEnv, all_reduce_sum, broadcast_buffers
 from training.meters import EpochTotals
 from training.precision import Precision
 from training.tta import test_time_logits
+from utils.progress import progress_bar
 
 
 @torch.no_grad()
-def predictions(model: nn.Module, loader, precision: Precision,
-                tta: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def predictions(model: nn.Module, loader, precision: Precision, tta: str,
+                progress: str | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(logits (B, C) in float32, labels (B,)) for each batch of ``loader`` in order; the model runs in eval mode
-    and gets its mode back afterwards."""
+    and gets its mode back afterwards. ``progress``: the label of a bar over the batches (None: no bar)."""
     was_training = model.training
     model.eval()
     loader.set_epoch(0)
     try:
-        for x, y in loader:
+        for x, y in progress_bar(loader, desc=progress or "", enabled=progress is not None):
             with precision.autocast():
                 logits = test_time_logits(model, x, tta)
             yield logits.float(), y
@@ -36,13 +37,13 @@ def predictions(model: nn.Module, loader, precision: Precision,
         model.train(was_training)
 
 
-def evaluate(model: nn.Module, loader, precision: Precision, tta: str, dist: DistEnv,
-             device: torch.device) -> dict[str, float]:
+def evaluate(model: nn.Module, loader, precision: Precision, tta: str, dist: DistEnv, device: torch.device,
+             progress: str | None = None) -> dict[str, float]:
     """``{"loss", "acc"}``: mean cross-entropy and accuracy of ``model`` over ``loader``, every rank's share summed.
     Give it the unwrapped model: its weights are identical on every rank, and DDP's forward would sync buffers."""
     broadcast_buffers(model, dist)
     totals = EpochTotals(device)
-    for logits, y in predictions(model, loader, precision, tta):  # (B, C), (B,)
+    for logits, y in predictions(model, loader, precision, tta, progress):  # (B, C), (B,)
         totals.add(F.cross_entropy(logits, y), (logits.argmax(1) == y).sum(), len(y))
     loss_sum, correct, count = all_reduce_sum(totals.state(device), dist).tolist()
     return {"loss": loss_sum / count, "acc": correct / count}
@@ -91,11 +92,12 @@ class Confusion:
         return [int(row[c]) / int(row.sum()) if row.sum() else None for c, row in enumerate(self.counts)]
 
 
-def confusion(model: nn.Module, loader, precision: Precision, tta: str, num_classes: int) -> Confusion:
+def confusion(model: nn.Module, loader, precision: Precision, tta: str, num_classes: int,
+              progress: str | None = None) -> Confusion:
     """The confusion matrix and summed loss of ``model`` over every example of ``loader``."""
     counts = torch.zeros(num_classes * num_classes, dtype=torch.int64)
     loss_sum = 0.0
-    for logits, y in predictions(model, loader, precision, tta):
+    for logits, y in predictions(model, loader, precision, tta, progress):
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         counts += torch.bincount((y * num_classes + logits.argmax(1)).cpu(), minlength=num_classes ** 2)
     return Confusion(counts.view(num_classes, num_classes), loss_sum)

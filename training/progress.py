@@ -1,12 +1,11 @@
 """The epoch's progress bar: steps done, and at each logging step the last step's loss, accuracy, LR and the
 epoch's images per second so far. Off (``enabled=False``) it is a no-op."""
-from tqdm import tqdm
+from utils.progress import progress_bar
 
 
 class EpochBar:
     def __init__(self, steps: int, done: int, epoch: int, epochs: int, enabled: bool):
-        self.bar = tqdm(total=steps, initial=done, leave=False, dynamic_ncols=True, desc=f"epoch {epoch}/{epochs}",
-                        disable=not enabled)
+        self.bar = progress_bar(total=steps, initial=done, desc=f"epoch {epoch}/{epochs}", enabled=enabled)
 
     def update(self) -> None:
         self.bar.update(1)

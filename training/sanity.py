@@ -39,6 +39,7 @@ from training.monitor import parameter_layers
 from training.options import SanityOptions
 from training.precision import Precision
 from training.step import GradientClip, LossFn, closure_step, needs_closure, train_step
+from utils.progress import progress_bar
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -94,8 +95,9 @@ class Recipe:
     lockstep: bool = False
 
 
-def run_checks(model: nn.Module, recipe: Recipe, data: ImageData, **options) -> SanityReport:
-    """Run the chosen checks on copies of ``model``, trained as ``recipe`` says on ``data``'s batches."""
+def run_checks(model: nn.Module, recipe: Recipe, data: ImageData, progress: bool = False, **options) -> SanityReport:
+    """Run the chosen checks on copies of ``model``, trained as ``recipe`` says on ``data``'s batches; ``progress``:
+    a bar over the checks, named by the one running."""
     opts = SanityOptions.parse(options)
     batch = _take(data.train, max(opts.overfit_samples, data.train.batch_size))
     # Without a val split the held-out batch comes from the test set: a check, nothing is chosen on it.
@@ -117,7 +119,8 @@ def run_checks(model: nn.Module, recipe: Recipe, data: ImageData, **options) -> 
                                                      steps=opts.decrease_steps, min_decrease=opts.decrease_min),
     }
     results = []
-    for name in opts.checks:
+    for name in (bar := progress_bar(opts.checks, desc="sanity", enabled=progress)):
+        bar.set_description(f"sanity: {name}")
         started = time.perf_counter()
         results.append(run[name]())
         results[-1].seconds = time.perf_counter() - started

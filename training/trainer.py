@@ -257,22 +257,23 @@ class Trainer(TrainerState):
     def test(self) -> dict:
         """The test set, scored once at the end (training/evaluation.py's ``test_scores``), the EMA's weights too."""
         best = None if self.data.val is None else self.run_dir / "checkpoints" / "best.pt"
-        scores = test_scores(self.model, lambda: self.evaluate(self.data.test), best, self.global_step,
+        scores = test_scores(self.model, lambda: self.evaluate(self.data.test, label="test"), best, self.global_step,
                              self.data.val.num_examples if self.data.val is not None else None)
         if self.ema is not None and not self.ema.lookahead:  # with lookahead the last weights are the EMA
-            ema = self._evaluate_ema(self.data.test)
+            ema = self._evaluate_ema(self.data.test, label="test (ema)")
             scores.update({"test_loss_ema": ema["loss"], "test_acc_ema": ema["acc"]})
         return scores
 
     # ------------------------------------------------------------------------------------- evaluation
-    def evaluate(self, loader=None, model: nn.Module | None = None) -> dict[str, float]:
-        """``{"loss", "acc"}`` of ``model`` (default: the trained one) over ``loader`` (default: val)."""
+    def evaluate(self, loader=None, model: nn.Module | None = None, label: str = "val") -> dict[str, float]:
+        """``{"loss", "acc"}`` of ``model`` (default: the trained one) over ``loader`` (default: val); ``label``
+        names its progress bar."""
         return evaluate(model or self.model, loader or self.data.val, self.precision, self.options.tta, self.dist,
-                        self.device)
+                        self.device, label if self.options.progress_bar else None)
 
-    def _evaluate_ema(self, loader=None) -> dict[str, float] | None:
+    def _evaluate_ema(self, loader=None, label: str = "val (ema)") -> dict[str, float] | None:
         """The EMA's weights scored like the trained ones (None without an EMA)."""
-        return None if self.ema is None else self.evaluate(loader, self.ema.module)
+        return None if self.ema is None else self.evaluate(loader, self.ema.module, label)
 
     def summary(self, finished: bool) -> dict:
         return {"params": sum(p.numel() for p in self.model.parameters()),
