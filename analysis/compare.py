@@ -7,8 +7,11 @@ t_{0.975, n-1} s / sqrt(n)). Feed it ``python train.py -m experiment=optimizer_c
 ``grad_norm.png`` against epoch, ``final_accuracy.png`` (best val and test accuracy per group, error bars, n),
 ``lr_sensitivity.png`` when a setting ran at two or more LRs (best val accuracy against LR), and
 ``comparison.csv`` (one row per group: the varied settings, n, mean and std of best val accuracy, test accuracy
-and training time), and when the LR schedules differ (``experiment=schedule_comparison``) ``lr_schedules.png``
-(each group's LR per step beside its val accuracy). An Optuna sweep (``hparams_search=...``) adds ``optuna_history.png``
+and ``train_time``, the seconds in training steps), and when the LR schedules differ
+(``experiment=schedule_comparison``) ``lr_schedules.png`` (each group's LR per step beside its val accuracy).
+Older runs' summary.json files name the training steps' seconds ``wall_time`` (today the whole job's) and the whole
+job's ``process_time``: without a ``train_time`` their ``wall_time`` is read as it, so old and new sweeps compare
+(analysis/runs.py's ``current_names``). An Optuna sweep (``hparams_search=...``) adds ``optuna_history.png``
 (each trial's best val accuracy and the best so far), ``optuna_importance.png`` (Optuna's parameter importance,
 from two distinct complete trials on) and ``optuna_trials.csv``. The figures also go to ``compare/tb``.
 """
@@ -29,7 +32,7 @@ from cli.entry import command, run
 from utils.errors import require
 
 BANDS = ("std", "ci95")
-SCORES = ("best_val_acc", "test_acc", "wall_time")  # the summary.json numbers comparison.csv reports
+SCORES = ("best_val_acc", "test_acc", "train_time")  # the summary.json numbers comparison.csv reports
 
 
 def spread(values: np.ndarray, band: str) -> tuple[np.ndarray, np.ndarray]:
@@ -192,7 +195,7 @@ def table(groups: list[Group], rows: list[dict]) -> str:
     width = max(map(len, settings + ["setting"]))
     lines = [f"{'setting':<{width}}  n  best val acc %    test acc %       time s"]
     lines += [f"{s:<{width}} {row['n']:>2}  {cell(row, 'best_val_acc'):<16} {cell(row, 'test_acc'):<16} "
-              f"{cell(row, 'wall_time', 1)}" for s, row in zip(settings, rows)]
+              f"{cell(row, 'train_time', 1)}" for s, row in zip(settings, rows)]
     return "\n".join(lines)
 
 

@@ -69,7 +69,7 @@ def sweep_sections(directory: Path) -> list[str]:
                 "scored once at the end.</p>",
                 table_html(["setting", "n", "best val acc %", "test acc %", "training time s"],
                            [[g.label, r["n"], mean_std(r, "best_val_acc"), mean_std(r, "test_acc"),
-                             mean_std(r, "wall_time", 1, 1)] for g, r in zip(groups, rows)]),
+                             mean_std(r, "train_time", 1, 1)] for g, r in zip(groups, rows)]),
                 "<h2>Figures</h2>"]
     sections += [figure_html(path.read_bytes(), path.stem.replace("_", " ")) for path in out.paths
                  if path.suffix == ".png"]

@@ -51,7 +51,7 @@ class Run:
         return tuple(sorted(o for o in self.overrides if not o.startswith(NOT_LABELS + SEED_KEYS)))
 
     def score(self, name: str) -> float:
-        """A number of summary.json (``best_val_acc``, ``test_acc``, ``wall_time``, ...); NaN where the run did
+        """A number of summary.json (``best_val_acc``, ``test_acc``, ``train_time``, ...); NaN where the run did
         not record it (an unfinished run, a run without a val split, a run from before the test set was kept)."""
         value = (self.summary or {}).get(name)
         return float("nan") if value is None else float(value)
@@ -90,7 +90,17 @@ def read_run(directory: Path) -> Run:
                config=OmegaConf.to_container(OmegaConf.load(hydra_dir / "config.yaml")),
                choices={k: v for k, v in dict(choices).items() if isinstance(v, str)},
                metrics=[json.loads(line) for line in (directory / "metrics.jsonl").read_text().splitlines() if line],
-               summary=json.loads(summary_path.read_text()) if summary_path.is_file() else None)
+               summary=current_names(json.loads(summary_path.read_text())) if summary_path.is_file() else None)
+
+
+def current_names(summary: dict) -> dict:
+    """A summary.json under today's names. Until ``train_time`` was named, ``wall_time`` held the seconds in
+    training steps and ``process_time`` the whole job's: such a file's ``wall_time`` is read as ``train_time``, its
+    ``process_time`` (None where absent) as ``wall_time``."""
+    if "train_time" in summary or "wall_time" not in summary:
+        return summary
+    kept = {k: v for k, v in summary.items() if k not in ("wall_time", "process_time")}
+    return {**kept, "train_time": summary["wall_time"], "wall_time": summary.get("process_time")}
 
 
 def read_runs(sweep_dir: str | Path) -> list[Run]:

@@ -62,7 +62,7 @@ def outcome(run_dir: Path, in_sweep: bool):
             raise
     else:
         if main_rank:
-            summary = _write_summary(run_dir, status="finished", process_time=time.perf_counter() - started)
+            summary = _write_summary(run_dir, status="finished", wall_time=time.perf_counter() - started)
             log.info("\n%s", closing_block(run_dir, summary))
 
 
@@ -100,8 +100,8 @@ def closing_block(run_dir: Path, summary: dict) -> str:
             ("val acc", f"best {_acc(summary.get('best_val_acc'))}, final {_acc(summary.get('final_val_acc'))} "
                         f"({_count(summary.get('epochs'), 'epoch')}, {_count(summary.get('global_step'), 'step')})"),
             ("test acc", _test_scores(summary)),
-            ("train time", f"{_duration(summary.get('wall_time'))} of training steps, "
-                           f"{_duration(summary.get('process_time'))} in all"),
+            ("train time", f"{_duration(summary.get('train_time'))} of training steps, "
+                           f"{_duration(summary.get('wall_time'))} in all"),
             ("tensorboard", f"tensorboard --logdir {run_dir}")]
     return "\n".join(f"{name:<14} {value}" for name, value in rows)
 

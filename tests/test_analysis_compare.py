@@ -25,12 +25,13 @@ def sweep_params(experiment: str) -> dict:
     return {key: str(value).split(",") for key, value in cfg.hydra.sweeper.params.items()}
 
 
-# The hand-made sweep: (optimizer, lr, seed) -> (best_val_acc, test_acc, wall_time). sgd at lr 0.1 has three
-# seeds, adam two seeds at each of two LRs.
+# The hand-made sweep: (optimizer, lr, seed) -> (best_val_acc, test_acc, train_time). sgd at lr 0.1 has three
+# seeds, adam two seeds at each of two LRs. Each job's whole wall time is 5 s more than its train_time.
 HAND_MADE = {("sgd", 0.1, 0): (0.90, 0.89, 10.0), ("sgd", 0.1, 1): (0.92, 0.91, 12.0),
              ("sgd", 0.1, 2): (0.94, 0.90, 14.0),
              ("adam", 0.01, 0): (0.95, 0.94, 20.0), ("adam", 0.01, 1): (0.97, 0.96, 22.0),
              ("adam", 0.001, 0): (0.80, 0.79, 20.0), ("adam", 0.001, 1): (0.84, 0.83, 22.0)}
+OLD_NAMES = ("sgd", 2)  # its summary.json has the names of before train_time: wall_time (the training steps' time)
 
 
 def write_job(directory: Path, optimizer: str, lr: float, seed: int, scores) -> None:
@@ -45,7 +46,9 @@ def write_job(directory: Path, optimizer: str, lr: float, seed: int, scores) -> 
               for e in (1, 2, 3)]
     lines = [json.dumps(r) for r in epochs] + [json.dumps({"epoch": 3, "test_acc": test})]
     (directory / "metrics.jsonl").write_text("\n".join(lines) + "\n")
-    (directory / "summary.json").write_text(json.dumps({"best_val_acc": best, "test_acc": test, "wall_time": seconds}))
+    times = ({"wall_time": seconds, "process_time": seconds + 5} if (optimizer, seed) == OLD_NAMES  # before train_time
+             else {"train_time": seconds, "wall_time": seconds + 5})
+    (directory / "summary.json").write_text(json.dumps({"best_val_acc": best, "test_acc": test, **times}))
 
 
 @pytest.fixture
@@ -61,6 +64,7 @@ def test_seeds_are_pooled_and_nothing_is_overwritten(hand_made):
                                                 ("optimizer.lr=0.01 optimizer=adam", 2),
                                                 ("optimizer.lr=0.001 optimizer=adam", 2)]
     assert sorted(r.seed for g in groups for r in g.runs) == [0, 0, 0, 1, 1, 1, 2]  # every run in one group
+    assert [(r.score("train_time"), r.score("wall_time")) for r in groups[0].runs] == [(10, 15), (12, 17), (14, 19)]
     epochs, values = groups[0].curves("train_loss")
     assert epochs.tolist() == [1, 2, 3] and values.shape == (3, 3)
     curves = lr_curves(groups)
@@ -79,7 +83,7 @@ def test_comparison_csv_has_n_mean_and_sample_std_per_group(hand_made, tmp_path)
     assert float(sgd["best_val_acc_mean"]) == pytest.approx(0.92)
     assert float(sgd["best_val_acc_std"]) == pytest.approx(0.02)  # sample std (n - 1) of 0.90, 0.92, 0.94
     assert float(sgd["test_acc_mean"]) == pytest.approx(0.90) and float(sgd["test_acc_std"]) == pytest.approx(0.01)
-    assert float(sgd["wall_time_mean"]) == pytest.approx(12.0) and float(sgd["wall_time_std"]) == pytest.approx(2.0)
+    assert float(sgd["train_time_mean"]) == pytest.approx(12.0) and float(sgd["train_time_std"]) == pytest.approx(2.0)
     assert float(rows[2]["best_val_acc_std"]) == pytest.approx(np.std([0.80, 0.84], ddof=1))
 
 

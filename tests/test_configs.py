@@ -1,4 +1,5 @@
-"""Every option of every config group composes and instantiates."""
+"""Every option of every config group composes and instantiates; the groups the README says are commented are."""
+import re
 from pathlib import Path
 
 import pytest
@@ -7,12 +8,32 @@ from hydra.utils import instantiate
 
 import optimizers
 from cli.validate import validate
-from conftest import CONFIG_DIR, compose_cfg
+from conftest import CONFIG_DIR, REPO, compose_cfg
 from models import MLP
 
 
 def options(group):
     return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
+
+
+def fully_commented_groups() -> list[str]:
+    """The groups of the README's sentence "In `configs/trainer/`, `optimizer/`, ... every value carries a comment"."""
+    claim = re.search(r"In (`configs/.*?) every value carries a comment", (REPO / "README.md").read_text(), re.S)
+    return re.findall(r"`(?:configs/)?(\w+)/`", claim.group(1))
+
+
+def test_the_readme_names_the_fully_commented_groups():
+    assert fully_commented_groups() == ["trainer", "optimizer", "scheduler", "sanity", "monitor"]
+
+
+@pytest.mark.parametrize("path", [f"{g}/{name}.yaml" for g in fully_commented_groups() for name in options(g)])
+def test_every_value_of_those_groups_carries_a_comment(path):
+    """A header comment first, then every line that sets a key (or opens a section) has its own comment; only
+    ``_target_``, which names the class, goes without."""
+    lines = (Path(CONFIG_DIR) / path).read_text().splitlines()
+    assert lines[0].startswith("# ")
+    values = [line for line in lines if line.strip() and not line.lstrip().startswith(("#", "_target_:"))]
+    assert values and all("#" in line for line in values), [line for line in values if "#" not in line]
 
 
 @pytest.mark.parametrize("name", options("optimizer"))

@@ -30,7 +30,7 @@ def test_multirun_gives_every_combination_its_own_run(tmp_path):
     assert list(hparams)[:2] == ["*optimizer", "*optimizer.lr"]  # the swept keys first: TensorBoard ticks those
     assert {"model.hidden_sizes", "optimizer.momentum", "scheduler.min_lr"} <= set(hparams)
     assert {f"hparam/{k}" for k in ("best_val_acc", "final_val_acc", "best_val_loss", "final_val_loss", "test_acc",
-                                    "test_loss", "wall_time", "train_images_per_sec")} <= set(metrics)
+                                    "test_loss", "train_time", "train_images_per_sec")} <= set(metrics)
 
 
 def hparams_of(tb_dir):

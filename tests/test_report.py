@@ -47,7 +47,7 @@ def test_a_run_ends_with_where_it_went_and_a_failed_run_leaves_its_error_behind(
     assert block[2].startswith(f"test acc       {summary['test_acc']:.2%} (best.pt), ")
     assert block[3].startswith("train time") and "of training steps" in block[3]
     assert block[4] == f"tensorboard    tensorboard --logdir {tmp_path / 'ok'}"
-    assert summary["status"] == "finished" and summary["process_time"] >= summary["wall_time"]
+    assert summary["status"] == "finished" and summary["wall_time"] >= summary["train_time"]
 
     broken = train("optimizer.lr=0", f"hydra.run.dir={tmp_path / 'broken'}")
     assert broken.returncode == 1

@@ -25,7 +25,7 @@ def test_smoke_run_writes_every_output(cfg, tmp_path):
     assert set(record) >= {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time"}
     assert set(test) >= {"epoch", "test_loss", "test_acc", "test_loss_last", "test_acc_last"}
     saved = json.loads((tmp_path / "summary.json").read_text())
-    assert set(saved) >= {"params", "best_val_acc", "final_val_acc", "test_acc", "epochs", "wall_time",
+    assert set(saved) >= {"params", "best_val_acc", "final_val_acc", "test_acc", "epochs", "train_time",
                           "train_images_per_sec"}
     assert (tmp_path / "checkpoints" / "last.pt").is_file() and (tmp_path / "checkpoints" / "best.pt").is_file()
     acc = tags(tmp_path)

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 # The HPARAMS tab's metric columns (summary.json keys): how well, and how fast.
 HPARAM_METRICS = ("best_val_acc", "final_val_acc", "best_val_loss", "final_val_loss", "test_acc", "test_loss",
-                  "wall_time", "train_images_per_sec")
+                  "train_time", "train_images_per_sec")
 
 
 @dataclass(frozen=True)
@@ -279,5 +279,5 @@ class Trainer(TrainerState):
         return {"params": sum(p.numel() for p in self.model.parameters()),
                 "best_val_acc": None if self.data.val is None else self.best_val_acc,
                 "final_val_acc": self.final_val_acc, "epochs": self.epoch,
-                "global_step": self.global_step, "finished": finished, "wall_time": self.stopwatch.total,
+                "global_step": self.global_step, "finished": finished, "train_time": self.stopwatch.total,
                 "train_images_per_sec": self.train_images / self.stopwatch.total if self.stopwatch.total else None}
