@@ -32,7 +32,7 @@ def load_checkpoint_model(path: str | Path, data_cfg: DictConfig | None = None) 
     """The checkpoint's model with its weights, and the resolved config it was trained with."""
     require(Path(path).is_file(), "checkpoint", str(path), "the path of an existing .pt file (a run's "
             "checkpoints/last.pt)")
-    state = checkpoint.load(path)
+    state = checkpoint.load(path, instead="give checkpoint=<a run's checkpoints/last.pt or best.pt>")
     saved = OmegaConf.create(state["config"]["resolved"])
     if data_cfg is not None:
         for key in DATA_KEYS:

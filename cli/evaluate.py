@@ -36,7 +36,7 @@ def evaluate(cfg: DictConfig, overrides: list[str], run_dir: str | Path) -> dict
     require(path.is_file(), "checkpoint", str(path), "the path of an existing checkpoint file (a run's "
             "checkpoints/best.pt or last.pt)")
     require(cfg.split in ("test", "val"), "split", cfg.split, "test or val")
-    state = checkpoint.load(path)
+    state = checkpoint.load(path, instead="give checkpoint=<a run's checkpoints/best.pt or last.pt>")
     saved = (state.get("config") or {}).get("resolved")
     if not saved:
         raise checkpoint.CheckpointError(f"{path} holds no config to rebuild its model and data from")
@@ -51,7 +51,8 @@ def evaluate(cfg: DictConfig, overrides: list[str], run_dir: str | Path) -> dict
     memory_format = build_model(model, runtime, t.channels_last)
     progress = show_progress(cfg.trainer.progress_bar, runtime.dist.is_main)  # this command's setting, not the run's
     data = build_data(instantiate(run.data, _partial_=True), runtime, memory_format, model, progress)
-    checkpoint.check_model_matches(state, model, path)
+    checkpoint.check_model_matches(state, model, path, "leave out the model.* overrides: the checkpoint's config "
+                                   "builds its model")
     model.load_state_dict(state["model"])  # after build_data: a data-dependent init must not overwrite the weights
     loader = data.test if cfg.split == "test" else data.val
     scores = confusion(model, loader, runtime.precision, t.tta, data.num_classes,

@@ -43,6 +43,8 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *expected: str) -
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert result.returncode == 2, (result.returncode, result.stderr)
+    assert all(text in lines[0] for text in expected), (expected, lines[0])
+    return lines[0]
     for text in expected:
         assert text in lines[0], lines[0]
     return lines[0]
@@ -125,8 +127,10 @@ def test_hydra_composition_errors_become_one_line(override, message):
 
 # --------------------------------------------------------------------------------------- bad checkpoints
 CHECKPOINT_CASES = {
-    "truncated": ([], ["truncated.pt is not a readable checkpoint", "delete it or resume from another file"]),
-    "random": ([], ["random.pt is not a readable checkpoint"]),
+    "truncated": ([], ["truncated.pt is not a readable checkpoint (RuntimeError: PytorchStreamReader failed reading "
+                       "zip archive: failed finding central directory); resume from another checkpoint "
+                       "(checkpoints/last.pt, best.pt, step-N.pt) or start a new run"]),
+    "random": ([], ["random.pt is not a readable checkpoint (not the zip archive torch.save writes); resume from"]),
     "old_format": ([], ["old_format.pt has checkpoint format 0, this version reads 2", "start a new run"]),
     "code": ([], ["code.pt needs code to load (posix.system), refused unread", "load only files you trust"]),
     "nan_bit_flip": ([], ["nan_bit_flip.pt fails its checksum", "resume from another checkpoint"]),
@@ -231,6 +235,15 @@ def test_bad_checkpoint_in_process_is_one_line_exit_2(bad_checkpoints, case, cap
     assert stopped.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: ")
     assert all(text in lines[0] for text in CHECKPOINT_CASES[case][1]), lines[0]
     assert_nothing_overwritten(tmp, case, before)
+
+
+@pytest.mark.needs_data
+def test_init_from_a_file_that_is_no_checkpoint_says_what_to_give_instead(tmp_path):
+    """The advice fits the key: a new run from a checkpoint's weights is given another file, not told to resume."""
+    results = run_train_py({"text": [f"data.root={DATA_ROOT}", f"hydra.run.dir={tmp_path}",
+                                     f"trainer.init_from={REPO / 'README.md'}"]})
+    line = assert_one_line_error(results["text"], "README.md is not a readable checkpoint (not the zip archive torch.save writes)")
+    assert line.endswith("; give trainer.init_from=<a run's checkpoints/best.pt or last.pt>") and "resume" not in line
 
 
 def validate_and_train(cfg, run_dir):

@@ -105,3 +105,4 @@ def test_a_file_that_is_no_checkpoint_is_one_line_exit_2_through_the_command(tmp
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert lines[0].startswith("error: ") and "README.md is not a readable checkpoint" in lines[0], lines[0]
+    assert lines[0].endswith("; give checkpoint=<a run's checkpoints/best.pt or last.pt>") and "resume" not in lines[0]

@@ -106,12 +106,16 @@ def _saved_step(path: Path) -> int:
         return -1
 
 
-def load(path: str | os.PathLike) -> dict:
+RESUME_INSTEAD = "resume from another checkpoint (checkpoints/last.pt, best.pt, step-N.pt) or start a new run"
+
+
+def load(path: str | os.PathLike, instead: str = RESUME_INSTEAD) -> dict:
     """The checkpoint at ``path``, or a one-line CheckpointError: missing, torn, foreign, another format,
-    a payload that needs code to load, fails its checksum, or holds non-finite weights."""
+    a payload that needs code to load, fails its checksum, or holds non-finite weights. Each says what is wrong
+    with the file, then ``instead``: what the caller's user can do (resume, evaluate.py and init_from differ)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}; give trainer.resume=<path to a .pt file> or auto")
+        raise CheckpointError(f"no checkpoint at {path}; {instead}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torn, truncated, not a torch file at all, or one that needs code to load
@@ -119,28 +123,34 @@ def load(path: str | os.PathLike) -> dict:
         if needs:
             raise CheckpointError(f"{path} needs code to load ({needs.group(1)}), refused unread: a checkpoint "
                                   f"holds only tensors and plain values; load only files you trust") from None
-        reason = str(e).splitlines()[0][:120] if str(e).strip() else "no details"
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {reason}); "
-                              f"delete it or resume from another file") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint ({_unreadable(path, e)}); {instead}") from None
     if not isinstance(state, dict) or "format_version" not in state:
-        raise CheckpointError(f"{path} is not a checkpoint written by this project; resume from a last.pt or best.pt")
+        raise CheckpointError(f"{path} is not a checkpoint written by this project; {instead}")
     if state["format_version"] != FORMAT_VERSION:
         raise CheckpointError(f"{path} has checkpoint format {state['format_version']}, this version reads "
-                              f"{FORMAT_VERSION}; resume it with the version that wrote it, or start a new run")
+                              f"{FORMAT_VERSION} (the version that wrote it reads it); {instead}")
     if state.pop("sha256", None) != payload_digest(state):
         raise CheckpointError(f"{path} fails its checksum (its payload changed after it was written: a disk or "
-                              f"copy error); resume from another checkpoint (checkpoints/step-N.pt, best.pt)")
+                              f"copy error); {instead}")
     missing = [key for key in REQUIRED if key not in state]
     if missing:
-        raise CheckpointError(f"{path} lacks {', '.join(missing)}; it is incomplete: resume from another file "
-                              f"or start a new run")
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}; it is incomplete: {instead}")
     if not isinstance(state["model"], dict) or not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
-        raise CheckpointError(f"{path} holds no model weights under 'model'; resume from another file")
+        raise CheckpointError(f"{path} holds no model weights under 'model'; {instead}")
     bad = next((k for k, v in state["model"].items() if v.is_floating_point() and not v.isfinite().all()), None)
     if bad is not None:
-        raise CheckpointError(f"{path} holds non-finite weights (NaN or inf in {bad!r}); resume from an earlier "
-                              f"checkpoint (checkpoints/step-N.pt) or start a new run")
+        raise CheckpointError(f"{path} holds non-finite weights (NaN or inf in {bad!r}); {instead}")
     return state
+
+
+def _unreadable(path: Path, error: Exception) -> str:
+    """Why torch.load failed, in a few words: the file is no zip archive at all (torch's own message would talk of
+    ``weights_only``), or the first sentence of the error (a torn archive: no central directory)."""
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":
+            return "not the zip archive torch.save writes"
+    reason = str(error).strip().splitlines()[0].split(". ")[0][:120] if str(error).strip() else "no details"
+    return f"{type(error).__name__}: {reason}"
 
 
 def hyperparameters(optimizer: torch.optim.Optimizer, scheduler) -> dict:
@@ -173,14 +183,15 @@ def _plain(value):
     return list(value) if isinstance(value, tuple) else value
 
 
-def check_model_matches(state: dict, model: torch.nn.Module, path) -> None:
-    """Same parameter names and shapes, or a one-line error naming the first difference."""
+def check_model_matches(state: dict, model: torch.nn.Module, path,
+                        instead: str = "resume with the config that wrote it") -> None:
+    """Same parameter names and shapes, or a one-line error naming the first difference, then ``instead``."""
     saved = {k: tuple(v.shape) for k, v in state["model"].items()}
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     if saved != ours:
         diff = sorted(set(saved) ^ set(ours)) or [k for k in ours if saved[k] != ours[k]]
         raise CheckpointError(f"{path} holds a different model (first difference: {diff[0]!r}, "
-                              f"{saved.get(diff[0])} vs {ours.get(diff[0])}); resume with the config that wrote it")
+                              f"{saved.get(diff[0])} vs {ours.get(diff[0])}); {instead}")
 
 
 def check_config_matches(state: dict, resolved: dict | None, path) -> None:
@@ -206,7 +217,7 @@ def find_latest(directory: Path) -> Path | None:
     candidates = [p for p in [directory / "last.pt", *step_files(directory)] if p.is_file()]
     for path in sorted(candidates, key=_saved_step, reverse=True):
         try:
-            load(path)
+            load(path, instead="trying the next older one")
             return path
         except CheckpointError as e:
             log.warning("passing over %s", e)

@@ -77,8 +77,10 @@ class TrainerState:
     def init_from(self, path: str | Path) -> None:
         """A new run starting from a checkpoint's weights (and batch-norm statistics): the optimizer, the schedule,
         the counters and the RNGs stay this run's own (fine-tuning, a warm start)."""
-        state = checkpoint.load(path)
-        checkpoint.check_model_matches(state, self.model, path)
+        instead = "give trainer.init_from=<a run's checkpoints/best.pt or last.pt>"
+        state = checkpoint.load(path, instead)
+        checkpoint.check_model_matches(state, self.model, path, "give trainer.init_from a checkpoint of this model, "
+                                       "or the model config its run had")
         self.model.load_state_dict(state["model"])
         if self.ema is not None:  # the average starts from the weights the run starts from
             self.ema.module.load_state_dict(state["model"])
