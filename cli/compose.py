@@ -17,6 +17,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import optimizers
+from cli.provenance import record_launch
 from cli.validate import SUPPLIED, check_known_keys, check_output_dir, validate
 from training import checkpoint, distributed, rundir
 from training.build import PLACEMENT, build_data, build_model, build_runtime, build_schedule
@@ -97,6 +98,8 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     check_output_dir(run_dir)
     with rundir.claim(run_dir, cfg.trainer.resume) if distributed.env_from_os().is_main else nullcontext():
         trainer = build_trainer(cfg, run_dir)
+        if trainer.dist.is_main:
+            record_launch(trainer.run_dir)
         resume = resume_path(cfg.trainer.resume, trainer.run_dir)  # under DDP: rank 0's, on every rank
         if resume is not None:
             trainer.resume(resume)

@@ -10,7 +10,7 @@ import torch.nn as nn
 from conftest import CIFAR_FOLDER, DATA_ROOT, REPO
 from cli.compose import SanityError, build_trainer, run_sanity, sanity_check, train
 from data.sources import SOURCES
-from training.sanity import check_data
+from training.sanity import check_data, overfit_verdict
 from utils.errors import ConfigError
 
 # Fewer, smaller steps; no augmentation (the synthetic class templates are not translation-invariant).
@@ -229,3 +229,24 @@ def test_parameters_the_model_freezes_on_purpose_pass_gradient_flow(cfg, synthet
     result = sanity_check(trainer, composed).results[0]
     assert result.passed, result.message
     assert next(l for l in result.details.splitlines() if l.startswith("whiten ")).endswith("ok")
+
+
+# The overfit check's numbers for experiment=resnet110_cifar10 at its base lr 0.1 (16 CIFAR images, 100 steps):
+# the loss overshoots to 46.56 from 9.604, then falls to 1.341; training accuracy 0.5.
+RESNET110 = {"acc": 0.5, "target": 0.95, "steps": 100, "samples": 16, "first_loss": 9.604, "peak_loss": 46.56,
+             "last_loss": 1.341, "lr": 0.1}
+
+
+def test_an_overshoot_that_recovers_passes_overfit_and_is_named():
+    result = overfit_verdict(RESNET110, loss_ratio=0.5)
+    assert result.passed
+    assert "the loss fell 9.604 -> 1.341 (to <= 0.5x), after peaking at 46.56" in result.message
+    assert "overshoot, then recover" in result.message
+
+
+@pytest.mark.parametrize("last, reason", [(4.9, "the loss peaked at 46.56"), (float("nan"), "peaked"),
+                                          (1.341, None)])
+def test_overfit_fails_where_the_loss_ends_above_the_ratio(last, reason):
+    result = overfit_verdict({**RESNET110, "last_loss": last}, loss_ratio=0.1 if reason is None else 0.5)
+    assert not result.passed
+    assert "overshoot (learning rate too large?)" in result.message and (reason or "") in result.message
