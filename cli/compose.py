@@ -145,14 +145,26 @@ def sanity_check(trainer: Trainer, cfg: DictConfig) -> SanityReport:
 
 
 def run_sanity(trainer: Trainer, cfg: DictConfig) -> None:
+    """Run the checks, show rank 0's table, and stop (``trainer.sanity=run``) or warn if any rank's checks failed.
+    Under DDP every rank checks its own copies on its own data, so the ranks agree on the verdict (none trains on
+    alone) and rank 0 alone says it, naming the ranks that failed; the others exit with the same code, silent."""
     report = sanity_check(trainer, cfg)
     log.info("sanity checks (every number in sanity.txt):\n%s", report.table())
     if trainer.dist.is_main:
         (trainer.run_dir / "sanity.txt").write_text(report.table(details=True) + "\n")
-    if not report.passed:
-        message = f"sanity check failed: {report.summary()}"
-        if cfg.trainer.sanity == "run":
-            raise SanityError(message + " (trainer.sanity=warn to train anyway)")
+    failed = [(rank, summary) for rank, summary in
+              enumerate(distributed.gather_objects(None if report.passed else report.summary(), trainer.dist))
+              if summary is not None]
+    if not failed:
+        return
+    rank, summary = failed[0]
+    where = f" on rank{'s' * (len(failed) > 1)} {', '.join(str(r) for r, _ in failed)} (rank {rank}: {summary})"
+    message = "sanity check failed" + (where if trainer.dist.enabled else f": {summary}")
+    if cfg.trainer.sanity == "run" and not trainer.dist.is_main:
+        raise SystemExit(SanityError.exit_code)  # rank 0 says why
+    if cfg.trainer.sanity == "run":
+        raise SanityError(message + " (trainer.sanity=warn to train anyway)")
+    if trainer.dist.is_main:
         log.warning(message)
 
 

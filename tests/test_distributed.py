@@ -154,6 +154,20 @@ def test_train_py_refuses_a_sweep_under_torchrun_in_one_line(tmp_path):
     assert list(tmp_path.iterdir()) == []  # refused before Hydra made a directory
 
 
+@pytest.mark.needs_data
+def test_a_failed_sanity_check_under_torchrun_is_said_once_by_rank_0_and_stops_every_rank(tmp_path):
+    """Each rank checks its own copies on its own data; they agree on the verdict, rank 0 names the failed ranks."""
+    done = launch([TORCHRUN, "--standalone", "--nproc_per_node=2"], *MLP_NET, "trainer.sanity=run",
+                  "sanity.checks=[overfit]", "sanity.overfit_steps=5", "optimizer.lr=0", f"data.batch_size={PER_RANK}",
+                  f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, done.stderr[-3000:]
+    assert errors[0].startswith("error: sanity check failed on ranks 0, 1 (rank 0: overfit: training accuracy ")
+    assert "the learning rate is 0" in errors[0] and errors[0].endswith("(trainer.sanity=warn to train anyway)")
+    assert not (tmp_path / "run" / "checkpoints").exists()  # no rank trained
+
+
 def test_other_ranks_log_warnings_only_and_to_no_file(tmp_path):
     """A submitit job's tasks all get Hydra's handler on the one train.log: ranks other than 0 drop it."""
     root = logging.getLogger()

@@ -206,6 +206,15 @@ def broadcast_object(obj, env: DistEnv):
     return box[0]
 
 
+def gather_objects(obj, env: DistEnv) -> list:
+    """Every rank's ``obj``, in rank order, on every rank."""
+    if not env.enabled:
+        return [obj]
+    gathered = [None] * env.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def shutdown(env: DistEnv) -> None:
     if env.enabled and dist.is_initialized():
         dist.destroy_process_group()
