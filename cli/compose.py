@@ -65,7 +65,7 @@ def build_trainer(cfg: DictConfig, run_dir: str | Path) -> Trainer:
     distributed.check_supported(runtime.dist, closure_optimizer=closure, on_nan=t.on_nan)
     seed_everything(t.seed, t.deterministic)
     model = instantiate(cfg.model)
-    memory_format = build_model(model, runtime, t.channels_last)
+    memory_format = build_model(model, runtime, t.channels_last, t.norm_fp32)
     optimizer = optimizers.build(cfg.optimizer, model)
     progress = show_progress(t.progress_bar, runtime.dist.is_main)
     data = build_data(instantiate(cfg.data, _partial_=True), runtime, memory_format, model, progress)

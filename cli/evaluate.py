@@ -48,7 +48,7 @@ def evaluate(cfg: DictConfig, overrides: list[str], run_dir: str | Path) -> dict
     t = run.trainer
     runtime = build_runtime(t.device, t.precision, None, run_dir, tf32=t.tf32)
     model = instantiate(run.model)
-    memory_format = build_model(model, runtime, t.channels_last)
+    memory_format = build_model(model, runtime, t.channels_last, t.norm_fp32)
     progress = show_progress(cfg.trainer.progress_bar, runtime.dist.is_main)  # this command's setting, not the run's
     data = build_data(instantiate(run.data, _partial_=True), runtime, memory_format, model, progress)
     checkpoint.check_model_matches(state, model, path, "leave out the model.* overrides: the checkpoint's config "

@@ -40,6 +40,7 @@ RULES: dict[str, Rule] = {
     "trainer.device": _DEVICE,
     "trainer.precision": one_of("auto", *PRECISIONS),
     "trainer.tf32": BOOL,
+    "trainer.norm_fp32": BOOL,
     "trainer.loss_scale": LOSS_SCALE,
     "trainer.channels_last": BOOL_OR_AUTO,
     "trainer.sanity": one_of("run", "warn", "skip"),

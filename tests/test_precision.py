@@ -1,14 +1,19 @@
 """Mixed precision, loss scaling, clipping and the divergence guard inside the real Trainer."""
+import copy
 import math
 
 import pytest
 import torch
+import torch.nn as nn
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cli.compose import build_trainer, train
+from models import ResNet
 from training import checkpoint
+from training.precision import keep_norms_fp32
 from training.step import train_step
 from training.step_log import DivergenceError
+from utils.errors import ConfigError
 
 pytestmark = pytest.mark.needs_data
 
@@ -112,3 +117,46 @@ def test_clipping_and_schedule_are_logged_per_step(cfg, tmp_path):
     assert 0 < peak < len(lrs) - 1
     assert all(a < b for a, b in zip(lrs[:peak], lrs[1:peak + 1]))  # warmup rises
     assert all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1:]))  # cosine decays
+
+
+def test_norm_fp32_runs_the_norms_in_fp32_and_brings_bf16_closer_to_fp32():
+    """ResNet-20 at initialisation, one batch in train mode: under bf16 autocast with fp32 norms the batch norms
+    (and the residual stream after them) are fp32, the convolutions bf16; the logits' relative error against fp32
+    falls from 3.4e-3 to 2.9e-3 (seed 0); the hooks survive the copies the sanity checks and the EMA make."""
+    torch.manual_seed(0)
+    model, x = ResNet(depth=20).train(), torch.randn(64, 3, 32, 32)
+    reference = model(x).double()
+    mixed, norms_fp32 = copy.deepcopy(model), copy.deepcopy(model)
+    assert keep_norms_fp32(norms_fp32) == 19
+    norms_fp32 = copy.deepcopy(norms_fp32)
+
+    def run(net):
+        dtypes = {}
+
+        def record(name):
+            def hook(_module, _inputs, out):
+                dtypes[name] = out.dtype
+            return hook
+        hooks = [m.register_forward_hook(record(name))
+                 for name, m in net.named_modules() if name in ("conv1", "bn1", "layer3.2.bn2", "layer3.2")]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            error = ((net(x).double() - reference).norm() / reference.norm()).item()
+        for hook in hooks:
+            hook.remove()
+        return error, dtypes
+    low, low_dtypes = run(mixed)
+    high, high_dtypes = run(norms_fp32)
+    assert low_dtypes == dict.fromkeys(("conv1", "bn1", "layer3.2.bn2", "layer3.2"), torch.bfloat16)
+    assert high_dtypes == {"conv1": torch.bfloat16, "bn1": torch.float32, "layer3.2.bn2": torch.float32,
+                           "layer3.2": torch.float32}
+    assert high < 0.9 * low < 0.01
+
+
+def test_norm_fp32_is_a_trainer_option(cfg, tmp_path, caplog):
+    with caplog.at_level("INFO"):
+        trainer = build_trainer(cfg("model=cnn", "trainer.precision=bf16", "trainer.norm_fp32=true"), tmp_path / "on")
+    assert "trainer.norm_fp32: 6 normalisation layers compute in fp32 under bf16 autocast" in caplog.text
+    assert all(len(m._forward_pre_hooks) == 1 for m in trainer.model.modules() if isinstance(m, nn.BatchNorm2d))
+    assert trainer.fit()["finished"]
+    with pytest.raises(ConfigError, match=r"trainer.norm_fp32='yes' is invalid: allowed true or false"):
+        build_trainer(cfg("trainer.norm_fp32=yes"), tmp_path / "bad")

@@ -10,7 +10,7 @@ import torch.nn as nn
 from data import ImageData
 from models import has_conv
 from training import distributed
-from training.precision import Precision, resolve_precision
+from training.precision import Precision, keep_norms_fp32, resolve_precision
 from training.trainer import Runtime
 from utils.device import set_tf32
 from utils.errors import ConfigError
@@ -32,9 +32,14 @@ def build_runtime(device: str, precision: str, loss_scale: float | None, run_dir
     return Runtime(bound, Precision(mode, bound, loss_scale), run_dir, env)
 
 
-def build_model(model: nn.Module, runtime: Runtime, channels_last: bool | str) -> torch.memory_format:
-    """Move ``model`` to the run's device in its memory format (``auto``: NHWC for conv nets); the format."""
+def build_model(model: nn.Module, runtime: Runtime, channels_last: bool | str,
+                norm_fp32: bool = False) -> torch.memory_format:
+    """Move ``model`` to the run's device in its memory format (``auto``: NHWC for conv nets); the format. With
+    ``norm_fp32`` under bf16/fp16 its normalisation layers compute in fp32 (training/precision.py)."""
     memory_format = torch.channels_last if _channels_last(channels_last, model) else torch.contiguous_format
+    if norm_fp32 and runtime.precision.mode != "fp32":
+        log.info("trainer.norm_fp32: %d normalisation layers compute in fp32 under %s autocast",
+                 keep_norms_fp32(model), runtime.precision.mode)
     if runtime.precision.mode == "fp16" and runtime.device.type == "cpu" and has_conv(model):
         log.warning("fp16 on the CPU: torch's fp16 convolution backward is a reference kernel (~100x slower "
                     "than bf16 here); prefer trainer.precision=bf16 on the CPU")

@@ -11,6 +11,7 @@ import logging
 from contextlib import nullcontext
 
 import torch
+import torch.nn as nn
 
 from training.options import LOSS_SCALE, PRECISIONS
 from utils.device import BF16_FLAGS, cpu_bf16_instructions
@@ -49,6 +50,28 @@ def resolve_precision(name: str, device: torch.device, closure_optimizer: bool =
         reason = f"this CPU has {', '.join(found)}" if found else f"this CPU has none of {', '.join(BF16_FLAGS)}"
     log.info("precision auto -> %s: %s", chosen, reason)
     return chosen
+
+
+NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+def _to_fp32(module: nn.Module, inputs: tuple) -> tuple:
+    return tuple(x.float() if torch.is_tensor(x) and x.is_floating_point() else x for x in inputs)
+
+
+def keep_norms_fp32(model: nn.Module) -> int:
+    """Give each normalisation layer of ``model`` fp32 inputs (a forward pre-hook); returns how many.
+
+    Autocast casts no input of batch norm, so on the CPU a bf16 convolution's output is normalised in its dtype:
+    the normalised output, and the ReLU and residual add after it, are rounded to bf16's 8 significant bits
+    (relative error up to 2^-9, ~0.2%), the residual stream included. Cast to fp32, the norm returns fp32; the ReLU
+    and the residual sum follow in fp32, and the next convolution casts back to bf16: only the matrix products
+    run in low precision.
+    """
+    layers = [m for m in model.modules() if isinstance(m, NORMS)]
+    for layer in layers:
+        layer.register_forward_pre_hook(_to_fp32)
+    return len(layers)
 
 
 class Precision:
