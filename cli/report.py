@@ -4,8 +4,8 @@
 best/final val acc, test acc, training time, the ``tensorboard --logdir`` line); a failed one logs its error (so it
 lands in ``train.log``), marks ``summary.json`` ``status: failed`` with the error, and, inside a sweep, lets the next
 job run. In a sweep every console line of a job starts with its number (``[03]``, as its directory ``03_...``):
-the parallel launcher's jobs print side by side. ``SweepReport`` (a Hydra callback in configs/train.yaml) prints the sweep directory when a sweep
-starts, a table of its jobs when it ends, and exits 1 if any job failed.
+the parallel launcher's jobs print side by side. ``SweepReport`` (a Hydra callback in configs/train.yaml) prints
+the sweep directory when a sweep starts, a table of its jobs when it ends, and exits 1 if any job failed.
 """
 import json
 import logging

@@ -242,7 +242,8 @@ def test_init_from_a_file_that_is_no_checkpoint_says_what_to_give_instead(tmp_pa
     """The advice fits the key: a new run from a checkpoint's weights is given another file, not told to resume."""
     results = run_train_py({"text": [f"data.root={DATA_ROOT}", f"hydra.run.dir={tmp_path}",
                                      f"trainer.init_from={REPO / 'README.md'}"]})
-    line = assert_one_line_error(results["text"], "README.md is not a readable checkpoint (not the zip archive torch.save writes)")
+    line = assert_one_line_error(results["text"],
+                                 "README.md is not a readable checkpoint (not the zip archive torch.save writes)")
     assert line.endswith("; give trainer.init_from=<a run's checkpoints/best.pt or last.pt>") and "resume" not in line
 
 
