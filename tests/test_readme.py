@@ -52,7 +52,8 @@ def readme_commands() -> list[str]:
 
 @pytest.fixture(scope="module")
 def clone(tmp_path_factory) -> Path:
-    """The repository's tracked and unignored files in <tmp>/optlab, <tmp>/shared/data linking the datasets."""
+    """The repository's tracked and unignored files committed in a new repository <tmp>/optlab, <tmp>/shared/data
+    linking the datasets."""
     root = tmp_path_factory.mktemp("fresh")
     clone = root / "optlab"
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
@@ -61,6 +62,9 @@ def clone(tmp_path_factory) -> Path:
         if (REPO / name).is_file():
             (clone / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, clone / name)
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    for command in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "fresh clone"]):  # a clone is a repository
+        subprocess.run([*git, *command], cwd=clone, check=True, capture_output=True)
     (clone / ".venv").symlink_to((REPO / ".venv").resolve())  # `make` finds its venv set up
     for name in ("requirements.txt", "requirements-dev.txt"):
         os.utime(clone / name, (0, 0))
@@ -130,6 +134,9 @@ def check_leaves(command: str, output: str, clone: Path, started: float) -> None
         run = newest(f"outputs/{tool.group(1)}/*/*", clone)
         missing = [name for name in LEAVES[tool.group(1)] if not (run / name).is_file()]
         assert not missing, f"{command}: {run} lacks {missing}"
+    elif "analysis.publish" in command:
+        entry = clone / "results" / re.search(r"name=(\S+)", command).group(1)
+        assert {p.name for p in entry.iterdir()} == {"command.txt", "provenance.json", "summary.json", "metrics.jsonl"}
     elif "analysis.compare" in command:
         assert list(newest("multirun/*/*", clone).glob("compare/*.png"))
 
