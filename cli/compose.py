@@ -67,7 +67,7 @@ def build_trainer(cfg: DictConfig, run_dir: str | Path) -> Trainer:
     model = instantiate(cfg.model)
     memory_format = build_model(model, runtime, t.channels_last, t.norm_fp32)
     optimizer = optimizers.build(cfg.optimizer, model)
-    progress = show_progress(t.progress_bar, runtime.dist.is_main)
+    progress = show_progress(t.progress_bar, runtime.dist.is_main, side_by_side=parallel_sweep_job())
     data = build_data(instantiate(cfg.data, _partial_=True), runtime, memory_format, model, progress)
     full_batch = needs_closure(optimizer) and t.closure == "full_batch"
     scheduler = build_schedule(instantiate(cfg.scheduler), optimizer, data, epochs=t.epochs, max_steps=t.max_steps,
@@ -81,6 +81,13 @@ def build_trainer(cfg: DictConfig, run_dir: str | Path) -> Trainer:
                    monitor=instantiate(cfg.monitor)(logger) if "monitor" in cfg else None,
                    config={"resolved": OmegaConf.to_container(cfg, resolve=True), "hparams": hparams(cfg)},
                    continue_with=sweep_continue_with())
+
+
+def parallel_sweep_job() -> bool:
+    """Whether this job runs beside others: a sweep (``-m``) under the parallel launcher (joblib)."""
+    if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+        return False
+    return "joblib" in HydraConfig.get().launcher.get("_target_", "").lower()
 
 
 def sweep_continue_with() -> str | None:

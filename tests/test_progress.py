@@ -1,9 +1,14 @@
 """What a person sees while a command works: a progress bar for each phase that takes seconds (decoding an image
 folder, each sanity check, each evaluation, then evaluate.py's pass), through real processes on a real image
 folder of PNG files; none where ``trainer.progress_bar`` resolves to false (``auto`` with stderr not a terminal)."""
+import fcntl
+import os
+import pty
 import re
+import struct
 import subprocess
 import sys
+import termios
 
 import pytest
 import torch
@@ -60,3 +65,35 @@ def test_every_slow_phase_shows_a_bar_named_for_it_and_none_off_a_terminal(folde
     quiet = command("evaluate.py", f"checkpoint={checkpoint}", f"hydra.run.dir={tmp_path / 'quiet'}")  # auto
     assert quiet.returncode == 0, quiet.stderr[-2000:]
     assert "%|" not in quiet.stderr + quiet.stdout and "accuracy" in quiet.stdout
+
+
+def on_a_terminal(*args: str) -> tuple[int, str]:
+    """``train.py`` with stderr (and stdout) on a 120-column pseudo-terminal, as typed in a shell: exit code and
+    output (tqdm draws nothing on a terminal 0 columns wide)."""
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO, stdout=follower, stderr=follower)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 1 << 16)
+        except OSError:  # the terminal closed: every process holding it ended
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    return proc.wait(timeout=600), b"".join(chunks).decode(errors="replace")
+
+
+def test_auto_shows_bars_on_a_terminal_but_not_for_jobs_side_by_side(folder, tmp_path):
+    """On a terminal ``auto`` draws the bars; the parallel launcher's jobs share that terminal's line, so
+    theirs stay off (their prefixed log lines say where each job is)."""
+    code, alone = on_a_terminal(*RUN, f"data.root={folder}", f"hydra.run.dir={tmp_path / 'alone'}")
+    assert code == 0, alone[-2000:]
+    assert "epoch 1/1:" in alone and "decoding train/:" in alone
+    code, parallel = on_a_terminal("-m", "hydra/launcher=parallel", "optimizer.lr=0.01,0.1", *RUN,
+                                   f"data.root={folder}", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert code == 0, parallel[-2000:]
+    assert "%|" not in parallel and "[00] " in parallel and "[01] " in parallel and "2 jobs, 0 failed" in parallel
