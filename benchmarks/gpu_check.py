@@ -155,15 +155,23 @@ def bare_images_per_sec(trainer, warmup: int, steps: int, s: Setup) -> float:
     return steps * trainer.data.train.batch_size / (time.perf_counter() - start)
 
 
-def check_throughput(s: Setup) -> str:
-    warmup, steps, floor = 5, 20, (0.5 if s.dry_run else 0.9)
-    overrides = ("trainer.epochs=2", f"trainer.max_steps={warmup + steps}", "logger=none")
-    trainer = s.trainer("throughput_trainer", *overrides)
+def trainer_images_per_sec(trainer, warmup: int) -> float:
+    """The Trainer's own images/s over its steps after ``warmup`` (from its summaries: images / train_time)."""
     first = trainer.fit(stop_after_steps=warmup)  # warm-up: cuDNN autotuning, allocator
     last = trainer.fit()
     images = last["train_images_per_sec"] * last["train_time"] - first["train_images_per_sec"] * first["train_time"]
-    ours = images / (last["train_time"] - first["train_time"])
-    bare = bare_images_per_sec(s.trainer("throughput_bare", *overrides), warmup, steps, s)
+    return images / (last["train_time"] - first["train_time"])
+
+
+def check_throughput(s: Setup) -> str:
+    """Trainer against the bare loop, measured back to back in alternating rounds, each at its best round: a
+    burst of load from other processes slows one round, not the best of three."""
+    warmup, steps, rounds, floor = 5, 20, 3, (0.5 if s.dry_run else 0.9)
+    overrides = ("trainer.epochs=2", f"trainer.max_steps={warmup + steps}", "logger=none")
+    ours, bare = 0.0, 0.0
+    for r in range(rounds):
+        ours = max(ours, trainer_images_per_sec(s.trainer(f"throughput_trainer_{r}", *overrides), warmup))
+        bare = max(bare, bare_images_per_sec(s.trainer(f"throughput_bare_{r}", *overrides), warmup, steps, s))
     ratio = ours / bare
     assert ratio >= floor, f"Trainer {ours:.0f} images/s, bare loop {bare:.0f}: ratio {ratio:.2f} < {floor}"
     return f"Trainer {ours:.0f} images/s, bare loop {bare:.0f} images/s: ratio {ratio:.2f} (>= {floor})"
