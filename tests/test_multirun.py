@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from conftest import DATA_ROOT, REPO
+from training.trainer import HPARAM_METRICS
 
 pytestmark = pytest.mark.needs_data
 
@@ -29,8 +30,15 @@ def test_multirun_gives_every_combination_its_own_run(tmp_path):
     hparams, metrics = hparams_of(runs[0] / "tb")
     assert list(hparams)[:2] == ["*optimizer", "*optimizer.lr"]  # the swept keys first: TensorBoard ticks those
     assert {"model.hidden_sizes", "optimizer.momentum", "scheduler.min_lr"} <= set(hparams)
-    assert {f"hparam/{k}" for k in ("best_val_acc", "final_val_acc", "best_val_loss", "final_val_loss", "test_acc",
-                                    "test_loss", "train_time", "train_images_per_sec")} <= set(metrics)
+    assert {"val/best_acc", "val/acc", "val/best_loss", "val/loss", "test/acc", "test/loss", "time/train_seconds",
+            "time/images_per_sec"} <= set(metrics)
+    # each metric column is the last point of a curve (no one-point hparam/* cards), and that point is summary.json's
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events, summary = EventAccumulator(str(runs[0] / "tb")), json.loads((runs[0] / "summary.json").read_text())
+    events.Reload()
+    assert not [tag for tag in events.Tags()["scalars"] if tag.startswith("hparam/")]
+    for tag, key in HPARAM_METRICS.items():
+        assert events.Scalars(tag)[-1].value == pytest.approx(summary[key], rel=1e-6), tag
 
 
 def hparams_of(tb_dir):

@@ -141,15 +141,14 @@ class RunLogger:
             save_json(finite_or_null(values), self.run_dir / "summary.json")
 
     @_writes_events
-    def hparams(self, params: dict, metrics: dict, step: int) -> None:
-        """Write the run's hyperparameters and final metrics (at ``step``) into this run's event file."""
+    def hparams(self, params: dict, metric_tags: list[str]) -> None:
+        """Write the run's hyperparameters into this run's event file, with the scalar tags whose last values are
+        its metrics (TensorBoard's HPARAMS tab reads them from the scalars already written)."""
         if not self.writer:
             return
         params = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()}
-        for event in hparams_summary(params, metrics):
+        for event in hparams_summary(params, dict.fromkeys(metric_tags)):
             self.writer.file_writer.add_summary(event)
-        for tag, value in metrics.items():
-            self.writer.add_scalar(tag, value, step)
 
     @_writes_events
     def flush(self) -> None:

@@ -37,9 +37,11 @@ from training.trainer_state import TrainerState
 log = logging.getLogger(__name__)
 
 
-# The HPARAMS tab's metric columns (summary.json keys): how well, and how fast.
-HPARAM_METRICS = ("best_val_acc", "final_val_acc", "best_val_loss", "final_val_loss", "test_acc", "test_loss",
-                  "train_time", "train_images_per_sec")
+# The HPARAMS tab's metric columns (TensorBoard tag: the summary.json key it ends on): how well, and how fast.
+# TensorBoard shows a tag's last value there, so each column is a curve the run logs anyway, not a card of one point.
+HPARAM_METRICS = {"val/best_acc": "best_val_acc", "val/acc": "final_val_acc", "val/best_loss": "best_val_loss",
+                  "val/loss": "final_val_loss", "test/acc": "test_acc", "test/loss": "test_loss",
+                  "time/train_seconds": "train_time", "time/images_per_sec": "train_images_per_sec"}
 
 
 @dataclass(frozen=True)
@@ -234,10 +236,12 @@ class Trainer(TrainerState):
         scalars = {"train/epoch_loss": train["train_loss"], "train/epoch_acc": train["train_acc"]}
         improved = val is not None and val["acc"] > self.best_val_acc
         if val is not None:
-            scalars.update({"val/loss": val["loss"], "val/acc": val["acc"]})
             self.best_val_acc, self.final_val_acc = max(self.best_val_acc, val["acc"]), val["acc"]
+            scalars.update({"val/loss": val["loss"], "val/acc": val["acc"], "val/best_acc": self.best_val_acc,
+                            "val/best_loss": self.best_val_loss()})
         if val_ema is not None:
             scalars.update({"val_ema/loss": val_ema["loss"], "val_ema/acc": val_ema["acc"]})
+        scalars.update(self.time_scalars())
         self.logger.scalars(scalars, self.last_step)
         self.save_checkpoint(best=improved)
 
@@ -245,12 +249,11 @@ class Trainer(TrainerState):
         test = self.test()
         self.logger.epoch({"epoch": self.epoch, **test})
         self.logger.scalars({f"test/{k[5:]}": v for k, v in test.items() if isinstance(v, float)}, self.global_step)
-        val_losses = [r["val_loss"] for r in self.logger.records() if r.get("val_loss") is not None]
+        val_losses = self.val_losses()
         summary = {**self.summary(finished=True), **test, "best_val_loss": min(val_losses, default=None),
                    "final_val_loss": val_losses[-1] if val_losses else None}
         self.logger.hparams(self.config.get("hparams", {}),
-                            {f"hparam/{k}": summary[k] for k in HPARAM_METRICS if summary.get(k) is not None},
-                            self.global_step)
+                            [tag for tag, key in HPARAM_METRICS.items() if summary.get(key) is not None])
         self.logger.summary(summary)
         return summary
 
@@ -274,6 +277,19 @@ class Trainer(TrainerState):
     def _evaluate_ema(self, loader=None, label: str = "val (ema)") -> dict[str, float] | None:
         """The EMA's weights scored like the trained ones (None without an EMA)."""
         return None if self.ema is None else self.evaluate(loader, self.ema.module, label)
+
+    def val_losses(self) -> list[float]:
+        """Every epoch's val loss so far, from metrics.jsonl (carried across resumes; none on ranks that do not
+        write)."""
+        return [r["val_loss"] for r in self.logger.records() if r.get("val_loss") is not None]
+
+    def best_val_loss(self) -> float | None:
+        return min(self.val_losses(), default=None)
+
+    def time_scalars(self) -> dict:
+        """Training time so far and its mean throughput: at the run's end these are summary.json's values."""
+        total = self.stopwatch.total
+        return {"time/train_seconds": total, **({"time/images_per_sec": self.train_images / total} if total else {})}
 
     def summary(self, finished: bool) -> dict:
         return {"params": sum(p.numel() for p in self.model.parameters()),
