@@ -267,10 +267,10 @@ def test_sigkill_then_resume_keeps_every_tensorboard_scalar(tmp_path):
 DISK_FILLS_IN_THE_WRITER_THREAD = """
 import errno, os, runpy, sys
 from tensorboard.summary.writer.record_writer import RecordWriter
-real_write, written = RecordWriter.write, []
-def write_until_the_disk_fills(self, data):
-    written.append(data)
-    if len(written) > 100:
+run_dir = next(arg.split("=", 1)[1] for arg in sys.argv if arg.startswith("hydra.run.dir="))
+real_write = RecordWriter.write
+def write_until_the_disk_fills(self, data):  # the disk fills once the first checkpoint is on it
+    if os.path.exists(os.path.join(run_dir, "checkpoints", "last.pt")):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     real_write(self, data)
 RecordWriter.write = write_until_the_disk_fills

@@ -237,8 +237,9 @@ class Trainer(TrainerState):
         improved = val is not None and val["acc"] > self.best_val_acc
         if val is not None:
             self.best_val_acc, self.final_val_acc = max(self.best_val_acc, val["acc"]), val["acc"]
-            scalars.update({"val/loss": val["loss"], "val/acc": val["acc"], "val/best_acc": self.best_val_acc,
-                            "val/best_loss": self.best_val_loss()})
+            scalars.update({"val/loss": val["loss"], "val/acc": val["acc"], "val/best_acc": self.best_val_acc})
+            if (best_loss := self.best_val_loss()) is not None:  # None while every val loss so far was nan
+                scalars["val/best_loss"] = best_loss
         if val_ema is not None:
             scalars.update({"val_ema/loss": val_ema["loss"], "val_ema/acc": val_ema["acc"]})
         scalars.update(self.time_scalars())
