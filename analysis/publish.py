@@ -20,8 +20,10 @@ from omegaconf import DictConfig
 from cli.entry import command, run
 from cli.provenance import machine, read_launches
 from utils.errors import UserError, require
+from utils.io import umask
 
 COPIED = ("summary.json", "metrics.jsonl")
+SCORES = ("test_acc", "best_val_acc", "final_val_acc")  # what the summary line shows, where the run has it
 
 
 def provenance(run_dir: Path, commit: str | None) -> dict:
@@ -62,8 +64,9 @@ def publish(run_dir: str | Path, name: str, results: str | Path = "results", com
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
     try:
+        staging.chmod(0o777 & ~umask())  # mkdtemp's 0700 would outlive the rename
         for f in COPIED:
-            shutil.copy2(run_dir / f, staging / f)
+            shutil.copyfile(run_dir / f, staging / f)  # the content; the mode follows the umask, not the run's
         (staging / "command.txt").write_text(run_command(run_dir) + "\n")
         (staging / "provenance.json").write_text(json.dumps(provenance(run_dir, commit), indent=2) + "\n")
         staging.rename(target)
@@ -76,8 +79,8 @@ def publish(run_dir: str | Path, name: str, results: str | Path = "results", com
 def main(cfg: DictConfig) -> None:
     target = publish(cfg.run_dir, cfg.name, cfg.results, cfg.commit)
     summary = json.loads((target / "summary.json").read_text())
-    print(f"published {target}: test acc {summary.get('test_acc')}, best val acc {summary.get('best_val_acc')}, "
-          f"{summary.get('epochs')} epochs")
+    scores = ", ".join(f"{key.replace('_', ' ')} {summary[key]:.4f}" for key in SCORES if summary.get(key) is not None)
+    print(f"published {target}: {scores or 'no scores'}, {summary.get('epochs')} epochs")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from conftest import DATA_ROOT, REPO
+from utils.io import umask
 
 pytestmark = pytest.mark.needs_data
 
@@ -48,7 +49,10 @@ def test_publish_writes_the_entry_and_refuses_to_write_over_it(finished_run, tmp
     proc = python(*args)
     assert proc.returncode == 0, proc.stderr[-2000:]
     entry = tmp_path / "mnist_tiny"
-    assert f"published {entry}" in proc.stdout
+    summary = json.loads((finished_run / "summary.json").read_text())
+    assert f"published {entry}: test acc {summary['test_acc']:.4f}, best val acc " in proc.stdout
+    assert entry.stat().st_mode & 0o777 == 0o777 & ~umask()
+    assert {p.stat().st_mode & 0o777 for p in entry.iterdir()} == {0o666 & ~umask()}
     assert sorted(p.name for p in entry.iterdir()) == ["command.txt", "metrics.jsonl", "provenance.json",
                                                        "summary.json"]
     for copied in ("summary.json", "metrics.jsonl"):

@@ -18,7 +18,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would outlive the rename; open() respects the umask
+        os.fchmod(fd, 0o666 & ~umask())  # mkstemp's 0600 would outlive the rename; open() respects the umask
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
@@ -34,7 +34,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
         os.close(dir_fd)
 
 
-def _umask() -> int:
+def umask() -> int:
     """The process's umask (reading it means setting it; set straight back)."""
     mask = os.umask(0o022)
     os.umask(mask)
