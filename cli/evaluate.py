@@ -72,8 +72,14 @@ def evaluate(cfg: DictConfig, overrides: list[str], run_dir: str | Path) -> dict
 
 def checkpoint_config(saved: dict, cfg: DictConfig, overrides: list[str]) -> DictConfig:
     """The checkpoint's resolved config, with each data/model/trainer key (or group) that the command line set
-    taken from ``cfg``, the config Hydra composed from it; any other key is refused by name."""
+    taken from ``cfg``, the config Hydra composed from it; any other key is refused by name. Trainer keys newer
+    than the checkpoint take their defaults from ``cfg``."""
     run = OmegaConf.create(saved)
+    newer = keys_missing(saved.get("trainer", {}), OmegaConf.to_container(cfg.trainer, resolve=True), "trainer.")
+    for key, value in newer.items():
+        OmegaConf.update(run, key, value, merge=False)
+    if newer:
+        log.info("the checkpoint's config predates %s: their defaults apply", ", ".join(newer))
     for override in OverridesParser.create().parse_overrides(overrides):
         key = override.key_or_group
         if key in OWN_KEYS:
@@ -86,6 +92,17 @@ def checkpoint_config(saved: dict, cfg: DictConfig, overrides: list[str]) -> Dic
         OmegaConf.update(run, key, OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value)
                          else value, merge=False)
     return run
+
+
+def keys_missing(saved: dict, current: dict, prefix: str) -> dict:
+    """The keys of ``current`` that ``saved`` lacks, dotted (under ``prefix``), with their values."""
+    missing = {}
+    for key, value in current.items():
+        if key not in saved:
+            missing[prefix + key] = value
+        elif isinstance(value, dict) and isinstance(saved[key], dict):
+            missing.update(keys_missing(saved[key], value, f"{prefix}{key}."))
+    return missing
 
 
 def class_names(data_cfg: DictConfig, num_classes: int) -> list[str]:

@@ -1,6 +1,7 @@
 """evaluate.py: a checkpoint scored with the config saved inside it, overrides taken from the command line,
 bad input in one line."""
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from cli.compose import train
 from cli.errors import exit_on_user_error
 from cli.evaluate import evaluate
 from conftest import CONFIG_DIR, DATA_ROOT, REPO, compose_cfg
+from training import checkpoint
 from utils.errors import ConfigError
 
 pytestmark = pytest.mark.needs_data
@@ -55,6 +57,21 @@ def test_command_line_keys_replace_the_checkpoints(run_dir, tmp_path):
             "trainer.tta=flip", "split=val"]
     record = evaluate(evaluate_cfg(*args), args, tmp_path)
     assert (record["images"], record["tta"], record["split"]) == (64, "flip", "val")
+
+
+def test_a_checkpoint_from_before_newer_trainer_keys_is_scored_with_their_defaults(run_dir, tmp_path, caplog):
+    """A checkpoint whose saved config lacks trainer keys added later (here tf32, clip.window and ema, as one
+    written before they existed) scores as the run did, and the log names the keys given their defaults."""
+    state = checkpoint.load(run_dir / "checkpoints" / "last.pt")
+    trainer = state["config"]["resolved"]["trainer"]
+    del trainer["tf32"], trainer["clip"]["window"], trainer["ema"]
+    older = checkpoint.save({k: v for k, v in state.items() if k != "sha256"}, tmp_path / "older")
+    args = [f"checkpoint={older}", "trainer.device=cpu"]
+    with caplog.at_level(logging.INFO, logger="cli.evaluate"):
+        record = evaluate(evaluate_cfg(*args), args, tmp_path / "eval")
+    assert record["acc"] == json.loads((run_dir / "summary.json").read_text())["test_acc"]
+    assert "the checkpoint's config predates trainer.tf32, trainer.clip.window, trainer.ema: their defaults apply" \
+        in caplog.text
 
 
 @pytest.mark.parametrize("args, message", [
