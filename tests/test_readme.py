@@ -26,6 +26,8 @@ SMALL = "data.train_subset=512 data.val_subset=256 trainer.max_steps=4"
 SHRINK = {  # the first matching fragment's overrides are appended
     "make train": f'ARGS="{SMALL} trainer.epochs=1"',
     "experiment=hessian_free_mnist": f"{SMALL} data.batch_size=128 optimizer.curvature_batch_size=64",
+    "experiment=schedule_comparison": SMALL.replace("max_steps=4", "max_steps=8"),  # warmup_cosine warms up for
+    # one epoch (4 steps here), and a warmup as long as the run is refused
     "train.py": SMALL,
     "sanity_check.py": "data.train_subset=512 data.val_subset=256",
     "analysis.toy": "setups.rosenbrock.steps=100 setups.beale.steps=100",
