@@ -59,8 +59,10 @@ class LRSchedule:
         _require(0 <= warmup_start_factor <= 1, "warmup_start_factor", warmup_start_factor, "a value in [0, 1]")
         _require(warmup_mode in _WARMUP_MODES, "warmup_mode", warmup_mode, f"one of {_WARMUP_MODES}")
         self.warmup_steps = int(warmup_steps) or round(warmup_epochs * steps_per_epoch)
-        _require(self.warmup_steps < total_steps, "warmup_steps", self.warmup_steps,
-                 f"fewer warmup steps than the run's total_steps={total_steps}")
+        given = ("warmup_steps", warmup_steps, "") if warmup_steps else \
+            ("warmup_epochs", warmup_epochs, f" (here {self.warmup_steps} steps of {steps_per_epoch} per epoch)")
+        _require(self.warmup_steps < total_steps, given[0], given[1],
+                 f"a warmup shorter than the run's total_steps={total_steps}{given[2]}")
         self.optimizer = optimizer
         self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
         self.warmup_start_factor, self.warmup_mode = warmup_start_factor, warmup_mode

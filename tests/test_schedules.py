@@ -228,7 +228,7 @@ BAD = [
     (ConstantSchedule, dict(RUN, warmup_epochs=-0.5), "warmup_epochs=-0.5"),
     (ConstantSchedule, dict(RUN, warmup_steps=5, warmup_epochs=1), "warmup_epochs=1"),
     (ConstantSchedule, dict(RUN, warmup_steps=100), "warmup_steps=100"),
-    (CosineSchedule, dict(RUN, warmup_epochs=12), "warmup_steps=120"),
+    (CosineSchedule, dict(RUN, warmup_epochs=12), "warmup_epochs=12"),
     (ConstantSchedule, dict(RUN, warmup_start_factor=1.5), "warmup_start_factor=1.5"),
     (ConstantSchedule, dict(RUN, warmup_mode="cosine"), "warmup_mode='cosine'"),
     (CosineSchedule, dict(RUN, min_lr=0.05), "min_lr=0.05"),  # above the second group's 0.03
@@ -261,6 +261,12 @@ BAD = [
 def test_bad_arguments_raise_naming_the_value(cls, kwargs, named):
     with pytest.raises(ValueError, match=re.escape(named) + r".*allowed"):
         cls(make_opt(), **kwargs)
+
+
+def test_a_warmup_as_long_as_the_run_names_the_key_that_was_set():
+    with pytest.raises(ValueError, match=re.escape("scheduler.warmup_epochs=1 is invalid: allowed a warmup shorter "
+                                                   "than the run's total_steps=4 (here 4 steps of 4 per epoch)")):
+        CosineSchedule(make_opt(), steps_per_epoch=4, total_steps=4, warmup_epochs=1)
 
 
 def test_negative_step_raises():
