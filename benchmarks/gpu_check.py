@@ -167,7 +167,7 @@ def check_throughput(s: Setup) -> str:
     """Trainer against the bare loop, measured back to back in alternating rounds, each at its best round: a
     burst of load from other processes slows one round, not the best of three. The dry run times 100 MLP steps at
     batch 512: at the other checks' batch 64 a step takes milliseconds and on a shared CPU the ratio read anywhere
-    from 0.13 to 2.27; at 512 it read 0.55-0.66 under the same load. Its floor catches only a gross overhead."""
+    from 0.13 to 2.27; at 512 it read 0.55-1.07 under the same load. Its floor catches only a gross overhead."""
     warmup, steps, rounds, floor = (10, 100, 3, 0.25) if s.dry_run else (5, 20, 3, 0.9)
     size = ("data.train_subset=8192", "data.batch_size=512") if s.dry_run else ()
     overrides = ("trainer.epochs=100", f"trainer.max_steps={warmup + steps}", "logger=none", *size)
