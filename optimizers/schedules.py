@@ -59,10 +59,12 @@ class LRSchedule:
         _require(0 <= warmup_start_factor <= 1, "warmup_start_factor", warmup_start_factor, "a value in [0, 1]")
         _require(warmup_mode in _WARMUP_MODES, "warmup_mode", warmup_mode, f"one of {_WARMUP_MODES}")
         self.warmup_steps = int(warmup_steps) or round(warmup_epochs * steps_per_epoch)
-        given = ("warmup_steps", warmup_steps, "") if warmup_steps else \
-            ("warmup_epochs", warmup_epochs, f" (here {self.warmup_steps} steps of {steps_per_epoch} per epoch)")
-        _require(self.warmup_steps < total_steps, given[0], given[1],
-                 f"a warmup shorter than the run's total_steps={total_steps}{given[2]}")
+        shorter = f"a warmup shorter than the run's total_steps={total_steps}"
+        if warmup_steps:
+            _require(self.warmup_steps < total_steps, "warmup_steps", warmup_steps, shorter)
+        else:
+            _require(self.warmup_steps < total_steps, "warmup_epochs", warmup_epochs,
+                     f"{shorter} (here {self.warmup_steps} steps of {steps_per_epoch} per epoch)")
         self.optimizer = optimizer
         self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
         self.warmup_start_factor, self.warmup_mode = warmup_start_factor, warmup_mode
