@@ -29,7 +29,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from analysis.figures import FigureWriter, plt
-from analysis.loading import Batches, fixed_batches, load_checkpoint_model, mean_loss
+from analysis.loading import Batches, fixed_batches, load_checkpoint_model, mean_loss, with_checkpoint_data
 from cli.entry import command, run
 from utils.device import full_fp32, resolve_device
 from utils.errors import require
@@ -210,6 +210,7 @@ def hessian_report(cfg: DictConfig, out_dir: str | Path) -> tuple[FigureWriter, 
 
 @command("hessian")
 def main(cfg: DictConfig) -> None:
+    cfg = with_checkpoint_data(cfg, HydraConfig.get().overrides.task)
     out, numbers = hessian_report(cfg, HydraConfig.get().runtime.output_dir)
     top = ", ".join(f"{v:.4g}" for v in numbers["top_eigenvalues"])
     print(f"loss {numbers['loss']:.4f}; top eigenvalues {top}; "

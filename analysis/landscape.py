@@ -22,7 +22,8 @@ from matplotlib.colors import LogNorm
 from omegaconf import DictConfig
 
 from analysis.figures import FigureWriter, plt
-from analysis.loading import Batches, fixed_batches, initial_model, load_checkpoint_model, mean_loss
+from analysis.loading import (Batches, fixed_batches, initial_model, load_checkpoint_model, mean_loss,
+                              with_checkpoint_data)
 from cli.entry import command, run
 from utils.device import full_fp32, resolve_device
 from utils.errors import require
@@ -85,7 +86,11 @@ def interpolation(model: nn.Module, start: dict, end: dict, ts, batches: Batches
 
 
 def plot_contour(xs, ys, losses: np.ndarray):
+    """Filled contours at log-spaced levels; a loss of exactly 0 (a net that fits its samples perfectly in float32)
+    is drawn at the smallest positive loss of the plane, which a log scale can show."""
     fig, ax = plt.subplots(figsize=(7, 6))
+    positive = losses[losses > 0]
+    losses = np.maximum(losses, positive.min() if positive.size else np.finfo(np.float32).tiny)
     levels = np.logspace(np.log10(losses.min()), np.log10(losses.max()), 30)
     filled = ax.contourf(xs, ys, losses, levels=levels, norm=LogNorm(), cmap="viridis")
     ax.contour(xs, ys, losses, levels=levels[::2], colors="white", linewidths=0.5, alpha=0.6)
@@ -158,6 +163,7 @@ def landscape(cfg: DictConfig, out_dir: str | Path) -> FigureWriter:
 
 @command("landscape")
 def main(cfg: DictConfig) -> None:
+    cfg = with_checkpoint_data(cfg, HydraConfig.get().overrides.task)
     print(landscape(cfg, HydraConfig.get().runtime.output_dir).report())
 
 

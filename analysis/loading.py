@@ -1,18 +1,23 @@
 """What the checkpoint tools analyse: a model (rebuilt from a checkpoint's own saved config) and fixed batches.
 
 With ``checkpoint=<path>`` the model is built from the ``model`` section of the config saved inside the
-checkpoint (``state["config"]["resolved"]``), so no model overrides need repeating; the tool's data config must
-describe the same images (source, classes, channels, size). Without a checkpoint the model is the one a training
-run with ``trainer.seed`` starts from. Everything here runs in float32 (no autocast): the tools measure the loss.
+checkpoint, so no model overrides need repeating, and the tools' ``main`` takes the data from it too
+(``with_checkpoint_data``): the images it was trained on, split and subsets as then (so the same
+normalisation); a data key or ``data=<option>`` on the command line still wins (``data.root=<folder>`` finds moved data). Without a checkpoint
+the model is the one a training run with ``trainer.seed`` starts from. Everything here runs in float32 (no
+autocast): the tools measure the loss.
 """
+import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from cli.overrides import apply_overrides
 from data import BatchLoader, ImageData, subset
 from training import checkpoint
 from utils.errors import require
@@ -20,6 +25,7 @@ from utils.seed import seed_everything
 
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
 DATA_KEYS = ("source", "num_classes", "in_channels", "image_size")
+log = logging.getLogger(__name__)
 
 
 def initial_model(model_cfg: DictConfig, seed: int) -> nn.Module:
@@ -28,20 +34,44 @@ def initial_model(model_cfg: DictConfig, seed: int) -> nn.Module:
     return instantiate(model_cfg)
 
 
+def with_checkpoint_data(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """``cfg`` with the ``data`` section saved in ``cfg.checkpoint``, except each data key (or ``data=<option>``)
+    that the command line's ``overrides`` set; ``cfg`` itself when no checkpoint is given."""
+    if OmegaConf.is_missing(cfg, "checkpoint") or cfg.checkpoint is None:
+        return cfg
+    data = OmegaConf.create({"data": _load(cfg.checkpoint)[1]["data"]})
+    apply_overrides(data, cfg, overrides, ("data",))
+    log.info("data: %s at %s (the checkpoint's; a data key on the command line wins)", data.data.source, data.data.root)
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.data = data.data
+    return cfg
+
+
 def load_checkpoint_model(path: str | Path, data_cfg: DictConfig | None = None) -> tuple[nn.Module, DictConfig]:
-    """The checkpoint's model with its weights, and the resolved config it was trained with."""
-    require(Path(path).is_file(), "checkpoint", str(path), "the path of an existing .pt file (a run's "
-            "checkpoints/last.pt)")
-    state = checkpoint.load(path, instead="give checkpoint=<a run's checkpoints/last.pt or best.pt>")
-    saved = OmegaConf.create(state["config"]["resolved"])
+    """The checkpoint's model with its weights, and the resolved config it was trained with; ``data_cfg``, when
+    given, must describe the same images (``DATA_KEYS``)."""
+    state, saved = _load(path)
+    saved = OmegaConf.create(saved)
     if data_cfg is not None:
         for key in DATA_KEYS:
             require(data_cfg[key] == saved.data[key], f"data.{key}", data_cfg[key],
-                    f"{saved.data[key]!r}, what {path} was trained on (choose the matching data=<option>)")
+                    f"{saved.data[key]!r}, what {path} was trained on (leave data= out: the tool then reads its data)")
     model = instantiate(saved.model)
     checkpoint.check_model_matches(state, model, path)
     model.load_state_dict(state["model"])
     return model, saved
+
+
+def _load(path: str | Path) -> tuple[dict, dict]:
+    """The checkpoint at ``path`` and its saved config, or a one-line error."""
+    require(Path(path).is_file(), "checkpoint", str(path), "the path of an existing .pt file (a run's "
+            "checkpoints/last.pt)")
+    state = checkpoint.load(path, instead="give checkpoint=<a run's checkpoints/last.pt or best.pt>")
+    saved = checkpoint.saved_config(state)
+    if not saved:
+        raise checkpoint.CheckpointError(f"{path} holds no config to rebuild its model and data from")
+    return state, saved
 
 
 def model_for(cfg: DictConfig) -> tuple[nn.Module, DictConfig]:

@@ -33,7 +33,7 @@ from omegaconf import DictConfig
 
 import optimizers
 from analysis.figures import FigureWriter, model_name, plt
-from analysis.loading import model_for
+from analysis.loading import model_for, with_checkpoint_data
 from cli.entry import command, run
 from data import batches_forever
 from training.precision import Precision
@@ -161,6 +161,7 @@ def find_lr(cfg: DictConfig, out_dir: str | Path) -> tuple[FigureWriter, RangeTe
 
 @command("lr_finder")
 def main(cfg: DictConfig) -> None:
+    cfg = with_checkpoint_data(cfg, HydraConfig.get().overrides.task)
     out, result = find_lr(cfg, HydraConfig.get().runtime.output_dir)
     suggestion = "none (too few steps ran)" if result.suggestion is None else f"{result.suggestion:.4g}"
     print(f"suggested lr {suggestion} by {describe(result)} ({len(result.lrs)} of {cfg.num_steps} steps run"

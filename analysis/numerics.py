@@ -32,7 +32,7 @@ from omegaconf import DictConfig
 
 import optimizers
 from analysis.figures import FigureWriter, plt
-from analysis.loading import fixed_batches, model_for
+from analysis.loading import fixed_batches, model_for, with_checkpoint_data
 from cli.entry import command, run
 from training.precision import Precision
 from utils.device import resolve_device
@@ -334,6 +334,7 @@ def tables(numbers: dict) -> str:
 
 @command("numerics", validate_config=False)
 def main(cfg: DictConfig) -> None:
+    cfg = with_checkpoint_data(cfg, HydraConfig.get().overrides.task)
     out, numbers = numerics_report(cfg, HydraConfig.get().runtime.output_dir)
     print(tables(numbers))
     print(out.report())

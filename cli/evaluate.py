@@ -9,11 +9,11 @@ its run directory and prints the scores with a per-class table.
 import logging
 from pathlib import Path
 
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torchvision.datasets.folder import find_classes
 
+from cli.overrides import apply_overrides
 from cli.validate import validate
 from training import checkpoint
 from training.build import build_data, build_model, build_runtime
@@ -37,7 +37,7 @@ def evaluate(cfg: DictConfig, overrides: list[str], run_dir: str | Path) -> dict
             "checkpoints/best.pt or last.pt)")
     require(cfg.split in ("test", "val"), "split", cfg.split, "test or val")
     state = checkpoint.load(path, instead="give checkpoint=<a run's checkpoints/best.pt or last.pt>")
-    saved = (state.get("config") or {}).get("resolved")
+    saved = checkpoint.saved_config(state)
     if not saved:
         raise checkpoint.CheckpointError(f"{path} holds no config to rebuild its model and data from")
     run = checkpoint_config(saved, cfg, overrides)
@@ -80,17 +80,11 @@ def checkpoint_config(saved: dict, cfg: DictConfig, overrides: list[str]) -> Dic
         OmegaConf.update(run, key, value, merge=False)
     if newer:
         log.info("the checkpoint's config predates %s: their defaults apply", ", ".join(newer))
-    for override in OverridesParser.create().parse_overrides(overrides):
-        key = override.key_or_group
-        if key in OWN_KEYS:
-            continue
-        if key.split(".")[0] not in SECTIONS:
-            raise ConfigError(f"{key}={override.value()!r} is invalid for evaluate.py: allowed checkpoint=, split= "
-                              f"and keys of data, model and trainer (the rest of the checkpoint's config does not "
-                              f"change its scores)")
-        value = OmegaConf.select(cfg, key)
-        OmegaConf.update(run, key, OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value)
-                         else value, merge=False)
+    for override in apply_overrides(run, cfg, overrides, SECTIONS):
+        if override.key_or_group not in OWN_KEYS:
+            raise ConfigError(f"{override.key_or_group}={override.value()!r} is invalid for evaluate.py: allowed "
+                              f"checkpoint=, split= and keys of data, model and trainer (the rest of the "
+                              f"checkpoint's config does not change its scores)")
     return run
 
 

@@ -8,7 +8,7 @@ import torch.nn as nn
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from analysis.landscape import filter_normalized_direction, interpolation, landscape, loss_plane
+from analysis.landscape import filter_normalized_direction, interpolation, landscape, loss_plane, plot_contour
 from analysis.loading import fixed_batches, initial_model, load_checkpoint_model, mean_loss
 from conftest import CONFIG_DIR, DATA_ROOT, compose_cfg
 from models import ResNet
@@ -111,3 +111,11 @@ def test_landscape_tool_writes_figures_and_consistent_numbers(tiny_checkpoint, t
     assert line[-1] == pytest.approx(expected, rel=1e-5)  # t = 1: the checkpoint
     assert line[0] > 2.0 > expected  # t = 0: the untrained net, ~ln 10
     assert np.all(np.array(numbers["loss"]) >= 0)
+
+
+def test_contour_of_a_plane_where_the_loss_reaches_zero_is_drawn():
+    """A net fitting its samples perfectly has float32 loss 0 at the checkpoint; log-spaced levels start above it."""
+    xs = np.linspace(-1, 1, 3)
+    plane = np.array([[2.0, 1.0, 2.0], [1.0, 0.0, 1.0], [2.0, 1.0, 3.0]])
+    figure = plot_contour(xs, xs, plane)
+    assert figure.axes[0].collections[0].levels[0] == pytest.approx(1.0)

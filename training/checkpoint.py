@@ -194,9 +194,14 @@ def check_model_matches(state: dict, model: torch.nn.Module, path,
                               f"{saved.get(diff[0])} vs {ours.get(diff[0])}); {instead}")
 
 
+def saved_config(state: dict) -> dict | None:
+    """The resolved config the checkpoint was trained with (None in a checkpoint saved without one)."""
+    return (state.get("config") or {}).get("resolved") or None
+
+
 def check_config_matches(state: dict, resolved: dict | None, path) -> None:
     """The saved config agrees with ours on ``MUST_MATCH`` (a checkpoint saved without a config passes)."""
-    saved = (state.get("config") or {}).get("resolved")
+    saved = saved_config(state)
     if not saved or not resolved:
         return
     for key in MUST_MATCH:

@@ -1,0 +1,24 @@
+"""A checkpoint's saved config with what the command line set: ``evaluate.py`` and the checkpoint tools
+(``analysis/loading.py``) score or analyse a checkpoint with its own settings, except where the user said otherwise.
+"""
+from collections.abc import Collection, Sequence
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from omegaconf import DictConfig, OmegaConf
+
+
+def apply_overrides(saved: DictConfig, cfg: DictConfig, overrides: Sequence[str],
+                    sections: Collection[str]) -> list[Override]:
+    """Set in ``saved`` each key, or group option (``data=cifar10``), of ``sections`` that ``overrides`` set, to its
+    value in ``cfg``, the config Hydra composed from them; return the other overrides."""
+    others = []
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        key = override.key_or_group
+        if key.split(".")[0] not in sections:
+            others.append(override)
+            continue
+        value = OmegaConf.select(cfg, key)
+        OmegaConf.update(saved, key, OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value)
+                         else value, merge=False)
+    return others
