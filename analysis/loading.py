@@ -2,10 +2,10 @@
 
 With ``checkpoint=<path>`` the model is built from the ``model`` section of the config saved inside the
 checkpoint, so no model overrides need repeating, and the tools' ``main`` takes the data from it too
-(``with_checkpoint_data``): the images it was trained on, split and subsets as then (so the same
-normalisation); a data key or ``data=<option>`` on the command line still wins (``data.root=<folder>`` finds moved data). Without a checkpoint
-the model is the one a training run with ``trainer.seed`` starts from. Everything here runs in float32 (no
-autocast): the tools measure the loss.
+(``with_checkpoint_data``): the images it was trained on, split and subsets as then (so the same normalisation);
+a data key or ``data=<option>`` on the command line still wins (``data.root=<folder>`` finds moved data). Without
+a checkpoint the model is the one a training run with ``trainer.seed`` starts from. Everything here runs in
+float32 (no autocast): the tools measure the loss.
 """
 import logging
 from collections.abc import Sequence
