@@ -3,12 +3,12 @@
 Runs that differ only in their seed (``trainer.seed=0,1,2``) are one group: every figure shows a group's mean and
 a band (``band=std``: +- one sample standard deviation; ``band=ci95``: the 95% Student-t interval of the mean,
 t_{0.975, n-1} s / sqrt(n)). Feed it ``python train.py -m experiment=optimizer_comparison`` or
-``experiment=lr_sensitivity``. Writes into ``<sweep_dir>/compare/``: ``train_loss.png``, ``val_accuracy.png`` and
-``grad_norm.png`` against epoch, ``final_accuracy.png`` (best val and test accuracy per group, error bars, n),
-``lr_sensitivity.png`` when a setting ran at two or more LRs (best val accuracy against LR), and
-``comparison.csv`` (one row per group: the varied settings, n, mean and std of best val accuracy, test accuracy
-and ``train_time``, the seconds in training steps), and when the LR schedules differ
-(``experiment=schedule_comparison``) ``lr_schedules.png`` (each group's LR per step beside its val accuracy).
+``experiment=lr_sensitivity``. Writes into ``<sweep_dir>/compare/``: ``train_loss.png``, ``val_accuracy.png`` (when
+the runs held images out) and ``grad_norm.png`` against epoch, ``final_accuracy.png`` (best val and test accuracy
+per group, error bars, n), ``lr_sensitivity.png`` when a setting ran at two or more LRs (best val accuracy, else
+test accuracy, against LR), and ``comparison.csv`` (one row per group: the varied settings, n, mean and std of
+best val accuracy, test accuracy and ``train_time``, the seconds in training steps), and when the LR schedules
+differ (``experiment=schedule_comparison``) ``lr_schedules.png`` (each group's LR per step beside its val accuracy).
 Older runs' summary.json files name the training steps' seconds ``wall_time`` (today the whole job's) and the whole
 job's ``process_time``: without a ``train_time`` their ``wall_time`` is read as it, so old and new sweeps compare
 (analysis/runs.py's ``current_names``). An Optuna sweep (``hparams_search=...``) adds ``optuna_history.png``
@@ -38,10 +38,11 @@ SCORES = ("best_val_acc", "test_acc", "train_time")  # the summary.json numbers 
 def spread(values: np.ndarray, band: str) -> tuple[np.ndarray, np.ndarray]:
     """Mean over axis 0 and the band's half-width (0 where a single run, or a single finite value, is all)."""
     values = np.asarray(values, dtype=float)
-    n = np.isfinite(values).sum(0)
-    mean = np.nanmean(values, 0) if values.size else values
-    std = np.nanstd(values, 0, ddof=1) if values.shape[0] > 1 else np.zeros_like(mean)
-    std = np.where(n > 1, std, 0.0)
+    finite = np.isfinite(values)
+    n = finite.sum(0)
+    mean = np.where(n > 0, np.where(finite, values, 0.0).sum(0) / np.maximum(n, 1), np.nan)
+    squares = np.where(finite, (values - mean) ** 2, 0.0).sum(0)
+    std = np.where(n > 1, np.sqrt(squares / np.maximum(n - 1, 1)), 0.0)
     if band == "ci95":
         std = np.where(n > 1, stats.t.ppf(0.975, np.maximum(n - 1, 1)) * std / np.sqrt(np.maximum(n, 1)), 0.0)
     return mean, std
@@ -88,12 +89,16 @@ def plot_grad_norms(groups: list[Group], band: str):
 
 
 def plot_final_accuracy(groups: list[Group], band: str):
-    """Two bars per group, best val accuracy and test accuracy, each mean +- band, n written above."""
+    """A bar per group for best val accuracy and for test accuracy (each where some run recorded it), each
+    mean +- band, n written above."""
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(groups) + 2), 5))
     x, lowest = np.arange(len(groups)), 1.0
-    for offset, name, text in ((-0.2, "best_val_acc", "best val accuracy"), (0.2, "test_acc", "test accuracy")):
+    shown = [(name, text) for name, text in (("best_val_acc", "best val accuracy"), ("test_acc", "test accuracy"))
+             if any(np.isfinite(g.scores(name)).any() for g in groups)]
+    width = 0.8 / max(len(shown), 1)
+    for i, (name, text) in enumerate(shown):
         means, halves = map(np.array, zip(*(spread(g.scores(name), band) for g in groups)))
-        bars = ax.bar(x + offset, means, 0.4, yerr=halves, capsize=3, label=text)
+        bars = ax.bar(x + (i - (len(shown) - 1) / 2) * width, means, width, yerr=halves, capsize=3, label=text)
         ax.bar_label(bars, labels=[f"{m:.4f}" for m in means], fontsize=6, padding=2, rotation=90)
         lowest = min(lowest, np.nanmin(means, initial=1.0))
     ax.set_xticks(x, [band_label(g) for g in groups], rotation=40, ha="right", fontsize=8)
@@ -115,16 +120,17 @@ def lr_curves(groups: list[Group]) -> dict[str, list[Group]]:
             for key, members in series.items()}
 
 
-def plot_lr_sensitivity(curves: dict[str, list[Group]], band: str):
+def plot_lr_sensitivity(curves: dict[str, list[Group]], band: str, score: str = "best_val_acc"):
+    """``score`` (a summary.json accuracy) against LR, one line per setting."""
     fig, ax = plt.subplots(figsize=(8, 5))
+    text = score.removesuffix("_acc").replace("_", " ") + " accuracy"
     for label, members in curves.items():
         lrs = [g.lr for g in members]
-        means, halves = zip(*(spread(g.scores("best_val_acc"), band) for g in members))
+        means, halves = zip(*(spread(g.scores(score), band) for g in members))
         line, = ax.plot(lrs, means, "o-", label=f"{label} (n={min(g.n for g in members)})")
         ax.fill_between(lrs, np.subtract(means, halves), np.add(means, halves), color=line.get_color(), alpha=0.2)
     ax.set_xscale("log")
-    finish(ax, "learning rate", "best val accuracy",
-           f"LR sensitivity: best val accuracy against LR, mean and {BAND_TEXT[band]} over seeds")
+    finish(ax, "learning rate", text, f"LR sensitivity: {text} against LR, mean and {BAND_TEXT[band]} over seeds")
     return fig
 
 
@@ -141,6 +147,11 @@ def plot_schedules(groups: list[Group], band: str):
     finish(left, "epoch", "learning rate", "LR schedule (per step)")
     finish(right, "epoch", "val accuracy", f"val accuracy per epoch, mean and {BAND_TEXT[band]} (final in the legend)")
     return fig
+
+
+def held_out(groups: list[Group]) -> bool:
+    """Whether the runs scored held-out images per epoch (``val_acc``; none with ``data.val_split=0``)."""
+    return any(len(group.curves("val_acc")[0]) for group in groups)
 
 
 def schedules_differ(groups: list[Group]) -> bool:
@@ -190,6 +201,8 @@ def table(groups: list[Group], rows: list[dict]) -> str:
     """The rows as text: setting, n, best val acc and test acc (%) and training time (s) as mean +- std."""
     def cell(row, name, scale=100):
         mean, std = row[f"{name}_mean"] * scale, row[f"{name}_std"] * scale
+        if not np.isfinite(mean):
+            return "-"
         return f"{mean:.2f} +- {std:.2f}" if np.isfinite(std) else f"{mean:.2f}"
     settings = [g.label for g in groups]
     width = max(map(len, settings + ["setting"]))
@@ -205,13 +218,18 @@ def compare(sweep_dir: str | Path, out_dir: str | Path, band: str = "std") -> Fi
     groups = group_runs(read_runs(sweep_dir))
     out = FigureWriter(out_dir, tensorboard=True)
     out.save(plot_metric(groups, "train_loss", "training loss", band, log=True), "train_loss")
-    out.save(plot_metric(groups, "val_acc", "val accuracy", band), "val_accuracy")
+    if held_out(groups):
+        out.save(plot_metric(groups, "val_acc", "val accuracy", band), "val_accuracy")
+    else:
+        print("no val accuracy: the runs held no images out (data.val_split=0); final_accuracy.png and "
+              "lr_sensitivity.png show test accuracy")
     out.save(plot_grad_norms(groups, band), "grad_norm")
     out.save(plot_final_accuracy(groups, band), "final_accuracy")
     curves = lr_curves(groups)
     if curves:
-        out.save(plot_lr_sensitivity(curves, band), "lr_sensitivity")
-    if schedules_differ(groups):
+        out.save(plot_lr_sensitivity(curves, band, "best_val_acc" if held_out(groups) else "test_acc"),
+                 "lr_sensitivity")
+    if schedules_differ(groups) and held_out(groups):
         out.save(plot_schedules(groups, band), "lr_schedules")
     rows = comparison_rows(groups)
     out.add(write_csv(rows, Path(out_dir) / "comparison.csv"))

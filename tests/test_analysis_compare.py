@@ -87,6 +87,22 @@ def test_comparison_csv_has_n_mean_and_sample_std_per_group(hand_made, tmp_path)
     assert float(rows[2]["best_val_acc_std"]) == pytest.approx(np.std([0.80, 0.84], ddof=1))
 
 
+def test_runs_without_held_out_images_are_compared_on_the_test_set(hand_made, tmp_path, capsys):
+    """data.val_split=0 (the paper recipes, the precision A/B): no val_* in metrics.jsonl or summary.json."""
+    for job in hand_made.iterdir():
+        rows = [json.loads(line) for line in (job / "metrics.jsonl").read_text().splitlines()]
+        (job / "metrics.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "val_acc"}) + "\n"
+                                                   for r in rows))
+        summary = json.loads((job / "summary.json").read_text())
+        (job / "summary.json").write_text(json.dumps({**summary, "best_val_acc": None}))
+    out = compare(hand_made, tmp_path / "out")
+    assert {p.name for p in out.paths} == {"train_loss.png", "grad_norm.png", "final_accuracy.png",
+                                           "lr_sensitivity.png", "comparison.csv"}
+    printed = capsys.readouterr().out
+    assert "no val accuracy: the runs held no images out (data.val_split=0)" in printed
+    assert "optimizer.lr=0.1 optimizer=sgd     3  -                90.00 +- 1.00" in printed
+
+
 def test_an_unknown_band_is_a_one_line_error(hand_made, tmp_path):
     with pytest.raises(ConfigError, match="band='sem' is invalid: allowed std or ci95"):
         compare(hand_made, tmp_path, band="sem")
