@@ -221,8 +221,8 @@ def compare(sweep_dir: str | Path, out_dir: str | Path, band: str = "std") -> Fi
     if held_out(groups):
         out.save(plot_metric(groups, "val_acc", "val accuracy", band), "val_accuracy")
     else:
-        print("no val accuracy: the runs held no images out (data.val_split=0); final_accuracy.png and "
-              "lr_sensitivity.png show test accuracy")
+        print("no val accuracy: the runs held no images out (data.val_split=0); the accuracy figures show test "
+              "accuracy")
     out.save(plot_grad_norms(groups, band), "grad_norm")
     out.save(plot_final_accuracy(groups, band), "final_accuracy")
     curves = lr_curves(groups)

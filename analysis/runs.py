@@ -16,7 +16,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from utils.errors import require
 
-logging.getLogger("tensorboard").setLevel(logging.WARNING)  # one INFO line per event file read otherwise
+# Otherwise one INFO line per event file read, and for a resumed run a WARNING of 'out of order event.step' from
+# the purge of the steps it ran again (what the Trainer's SummaryWriter(purge_step=...) asks for)
+logging.getLogger("tensorboard").setLevel(logging.ERROR)
 NOT_LABELS = ("data.root=", "trainer.device=", "hydra.", "experiment=")  # overrides that say nothing of a run
 SEED_KEYS = ("trainer.seed=", "data.seed=")  # overrides that repeat a setting rather than change it
 

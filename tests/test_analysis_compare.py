@@ -99,7 +99,7 @@ def test_runs_without_held_out_images_are_compared_on_the_test_set(hand_made, tm
     assert {p.name for p in out.paths} == {"train_loss.png", "grad_norm.png", "final_accuracy.png",
                                            "lr_sensitivity.png", "comparison.csv"}
     printed = capsys.readouterr().out
-    assert "no val accuracy: the runs held no images out (data.val_split=0)" in printed
+    assert "no val accuracy: the runs held no images out (data.val_split=0); the accuracy figures show test" in printed
     assert "optimizer.lr=0.1 optimizer=sgd     3  -                90.00 +- 1.00" in printed
 
 
