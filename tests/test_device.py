@@ -43,6 +43,15 @@ def test_auto_precision_names_what_it_found(monkeypatch, caplog, found, chosen, 
     assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
 
 
+@pytest.mark.parametrize("found,warned", [([], True), (["avx512_bf16"], False)])
+def test_bf16_asked_of_a_cpu_that_emulates_it_is_warned_about(monkeypatch, caplog, found, warned):
+    monkeypatch.setattr("training.precision.cpu_bf16_instructions", lambda: found)
+    with caplog.at_level(logging.WARNING, logger="training.precision"):
+        assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    assert ("bf16 is emulated here" in caplog.text) == warned
+    assert not warned or "trainer.precision=auto picks fp32 here" in caplog.text
+
+
 def test_cuda_without_a_gpu_is_refused_in_one_line():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")

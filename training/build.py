@@ -42,7 +42,8 @@ def build_model(model: nn.Module, runtime: Runtime, channels_last: bool | str,
                  keep_norms_fp32(model), runtime.precision.mode)
     if runtime.precision.mode == "fp16" and runtime.device.type == "cpu" and has_conv(model):
         log.warning("fp16 on the CPU: torch's fp16 convolution backward is a reference kernel (~100x slower "
-                    "than bf16 here); prefer trainer.precision=bf16 on the CPU")
+                    "than bf16 on a CPU with bf16 instructions); prefer trainer.precision=auto on the CPU (bf16 "
+                    "there, else fp32)")
     model.to(runtime.device).to(memory_format=memory_format)
     return memory_format
 
