@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from cli.overrides import apply_overrides
+from cli.overrides import apply_overrides, load_with_config
 from data import BatchLoader, ImageData, subset
 from training import checkpoint
 from utils.errors import require
@@ -39,7 +39,7 @@ def with_checkpoint_data(cfg: DictConfig, overrides: Sequence[str]) -> DictConfi
     that the command line's ``overrides`` set; ``cfg`` itself when no checkpoint is given."""
     if OmegaConf.is_missing(cfg, "checkpoint") or cfg.checkpoint is None:
         return cfg
-    data = OmegaConf.create({"data": _load(cfg.checkpoint)[1]["data"]})
+    data = OmegaConf.create({"data": load_with_config(cfg.checkpoint)[1]["data"]})
     apply_overrides(data, cfg, overrides, ("data",))
     log.info("data: %s at %s (the checkpoint's; a data key on the command line wins)", data.data.source, data.data.root)
     cfg = cfg.copy()
@@ -51,7 +51,7 @@ def with_checkpoint_data(cfg: DictConfig, overrides: Sequence[str]) -> DictConfi
 def load_checkpoint_model(path: str | Path, data_cfg: DictConfig | None = None) -> tuple[nn.Module, DictConfig]:
     """The checkpoint's model with its weights, and the resolved config it was trained with; ``data_cfg``, when
     given, must describe the same images (``DATA_KEYS``)."""
-    state, saved = _load(path)
+    state, saved = load_with_config(path)
     saved = OmegaConf.create(saved)
     if data_cfg is not None:
         for key in DATA_KEYS:
@@ -61,17 +61,6 @@ def load_checkpoint_model(path: str | Path, data_cfg: DictConfig | None = None) 
     checkpoint.check_model_matches(state, model, path)
     model.load_state_dict(state["model"])
     return model, saved
-
-
-def _load(path: str | Path) -> tuple[dict, dict]:
-    """The checkpoint at ``path`` and its saved config, or a one-line error."""
-    require(Path(path).is_file(), "checkpoint", str(path), "the path of an existing .pt file (a run's "
-            "checkpoints/last.pt)")
-    state = checkpoint.load(path, instead="give checkpoint=<a run's checkpoints/last.pt or best.pt>")
-    saved = checkpoint.saved_config(state)
-    if not saved:
-        raise checkpoint.CheckpointError(f"{path} holds no config to rebuild its model and data from")
-    return state, saved
 
 
 def model_for(cfg: DictConfig) -> tuple[nn.Module, DictConfig]:

@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torchvision.datasets.folder import find_classes
 
-from cli.overrides import apply_overrides
+from cli.overrides import INSTEAD, apply_overrides, load_with_config
 from cli.validate import validate
 from training import checkpoint
 from training.build import build_data, build_model, build_runtime
@@ -31,15 +31,10 @@ SECTIONS = ("data", "model", "trainer")  # what a score depends on; the rest of 
 def evaluate(cfg: DictConfig, overrides: list[str], run_dir: str | Path) -> dict:
     """Score ``cfg.checkpoint`` on ``cfg.split`` with its saved config and the command line's ``overrides``."""
     if OmegaConf.is_missing(cfg, "checkpoint"):
-        raise ConfigError("checkpoint is missing: give checkpoint=<a run's checkpoints/best.pt or last.pt>")
+        raise ConfigError(f"checkpoint is missing: {INSTEAD}")
     path, run_dir = Path(cfg.checkpoint), Path(run_dir)
-    require(path.is_file(), "checkpoint", str(path), "the path of an existing checkpoint file (a run's "
-            "checkpoints/best.pt or last.pt)")
     require(cfg.split in ("test", "val"), "split", cfg.split, "test or val")
-    state = checkpoint.load(path, instead="give checkpoint=<a run's checkpoints/best.pt or last.pt>")
-    saved = checkpoint.saved_config(state)
-    if not saved:
-        raise checkpoint.CheckpointError(f"{path} holds no config to rebuild its model and data from")
+    state, saved = load_with_config(path)
     run = checkpoint_config(saved, cfg, overrides)
     validate(run, run_dir)
     if cfg.split == "val" and not run.data.val_split:
