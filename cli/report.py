@@ -96,9 +96,11 @@ class PrefixFormatter(logging.Formatter):
 def closing_block(run_dir: Path, summary: dict) -> str:
     """Five aligned lines: where the run went, how it scored (val, then the test set's one score), how long it
     trained, how to look at it."""
+    length = f"({_count(summary.get('epochs'), 'epoch')}, {_count(summary.get('global_step'), 'step')})"
+    val = (f"best {_acc(summary['best_val_acc'])}, final {_acc(summary.get('final_val_acc'))}"
+           if summary.get("best_val_acc") is not None else "none measured")
     rows = [("run directory", str(run_dir)),
-            ("val acc", f"best {_acc(summary.get('best_val_acc'))}, final {_acc(summary.get('final_val_acc'))} "
-                        f"({_count(summary.get('epochs'), 'epoch')}, {_count(summary.get('global_step'), 'step')})"),
+            ("val acc", f"{val} {length}"),
             ("test acc", _test_scores(summary)),
             ("train time", f"{_duration(summary.get('train_time'))} of training steps, "
                            f"{_duration(summary.get('wall_time'))} in all"),

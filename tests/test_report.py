@@ -2,10 +2,12 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from conftest import DATA_ROOT, REPO
+from cli.report import closing_block
 
 pytestmark = pytest.mark.needs_data
 
@@ -55,3 +57,11 @@ def test_a_run_ends_with_where_it_went_and_a_failed_run_leaves_its_error_behind(
     assert "failed: sanity check failed: overfit" in (tmp_path / "broken" / "train.log").read_text()
     summary = json.loads((tmp_path / "broken" / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["error"].startswith("sanity check failed: overfit")
+
+
+def test_a_run_that_held_no_images_out_says_so_in_its_closing_block():
+    """The summary of a real paper-style run (data.val_split=0) from the results ledger."""
+    summary = json.loads((REPO / "results" / "precision_ab_fp32_s0" / "summary.json").read_text())
+    block = closing_block(Path("run"), summary).splitlines()
+    assert block[1] == "val acc        none measured (10 epochs, 3900 steps)"
+    assert block[2] == "test acc       80.64% (last weights; data.val_split=0, nothing chosen)"
