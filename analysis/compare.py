@@ -4,14 +4,15 @@ Runs that differ only in their seed (``trainer.seed=0,1,2``) are one group: ever
 a band (``band=std``: +- one sample standard deviation; ``band=ci95``: the 95% Student-t interval of the mean,
 t_{0.975, n-1} s / sqrt(n)). Feed it ``python train.py -m experiment=optimizer_comparison`` or
 ``experiment=lr_sensitivity``. Writes into ``<sweep_dir>/compare/``: ``train_loss.png``, ``val_accuracy.png`` (when
-the runs held images out) and ``grad_norm.png`` against epoch, ``final_accuracy.png`` (best val and test accuracy
-per group, error bars, n), ``lr_sensitivity.png`` when a setting ran at two or more LRs (best val accuracy, else
-test accuracy, against LR), and ``comparison.csv`` (one row per group: the varied settings, n, mean and std of
-best val accuracy, test accuracy and ``train_time``, the seconds in training steps), and when the LR schedules
-differ (``experiment=schedule_comparison``) ``lr_schedules.png`` (each group's LR per step beside its val accuracy).
-Older runs' summary.json files name the training steps' seconds ``wall_time`` (today the whole job's) and the whole
-job's ``process_time``: without a ``train_time`` their ``wall_time`` is read as it, so old and new sweeps compare
-(analysis/runs.py's ``current_names``). An Optuna sweep (``hparams_search=...``) adds ``optuna_history.png``
+the runs held images out), ``error.png`` (training and val error, He et al. 2016's Fig. 6) and ``grad_norm.png``
+against epoch, ``final_accuracy.png`` (best val and test accuracy per group, error bars, n), ``lr_sensitivity.png``
+when a setting ran at two or more LRs (best val accuracy, else test accuracy, against LR), and ``comparison.csv``
+(one row per group: the varied settings, n, mean and std of best val accuracy, test accuracy and ``train_time``, the
+seconds in training steps), and when the LR schedules differ (``experiment=schedule_comparison``)
+``lr_schedules.png`` (each group's LR per step beside its val accuracy). Older runs' summary.json files name the
+training steps' seconds ``wall_time`` (today the whole job's) and the whole job's ``process_time``: without a
+``train_time`` their ``wall_time`` is read as it, so old and new sweeps compare (analysis/runs.py's
+``current_names``). An Optuna sweep (``hparams_search=...``) adds ``optuna_history.png``
 (each trial's best val accuracy and the best so far), ``optuna_importance.png`` (Optuna's parameter importance,
 from two distinct complete trials on) and ``optuna_trials.csv``. The figures also go to ``compare/tb``.
 """
@@ -65,6 +66,24 @@ def plot_metric(groups: list[Group], key: str, ylabel: str, band: str, log: bool
         ax.plot(epochs, mean, "o-", color=color, label=band_label(group))
         ax.fill_between(epochs, mean - half, mean + half, color=color, alpha=0.2, lw=0)
     finish(ax, "epoch", ylabel, f"{ylabel} per epoch: mean and {BAND_TEXT[band]} over seeds", log)
+    return fig
+
+
+def plot_error(groups: list[Group], band: str):
+    """Training error (1 - train_acc, solid) and held-out error (1 - val_acc, dashed, where measured) per epoch in
+    percent, one colour per group: He et al. 2016's Fig. 6 (``experiment=degradation``)."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for group, color in zip(groups, group_colors(len(groups))):
+        for key, style, name in (("train_acc", "-", "train"), ("val_acc", "--", "val")):
+            epochs, values = group.curves(key)
+            if not len(epochs):
+                continue
+            mean, half = spread(100 * (1 - values), band)
+            ax.plot(epochs, mean, style, lw=2 if key == "train_acc" else 1, color=color,
+                    label=f"{band_label(group)} {name}: {mean[-1]:.1f}%")
+            ax.fill_between(epochs, mean - half, mean + half, color=color, alpha=0.15, lw=0)
+    finish(ax, "epoch", "error (%)", f"training error (solid) and val error (dashed), mean and {BAND_TEXT[band]} "
+           "(last epoch in the legend)")
     return fig
 
 
@@ -218,6 +237,8 @@ def compare(sweep_dir: str | Path, out_dir: str | Path, band: str = "std") -> Fi
     groups = group_runs(read_runs(sweep_dir))
     out = FigureWriter(out_dir, tensorboard=True)
     out.save(plot_metric(groups, "train_loss", "training loss", band, log=True), "train_loss")
+    if all(len(group.curves("train_acc")[0]) for group in groups):
+        out.save(plot_error(groups, band), "error")
     if held_out(groups):
         out.save(plot_metric(groups, "val_acc", "val accuracy", band), "val_accuracy")
     else:

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
-from analysis.compare import compare, lr_curves
+from analysis.compare import compare, lr_curves, plot_error
 from analysis.runs import group_runs, read_runs
 from conftest import CONFIG_DIR, DATA_ROOT, REPO
 from utils.errors import ConfigError
@@ -103,6 +103,23 @@ def test_runs_without_held_out_images_are_compared_on_the_test_set(hand_made, tm
     assert "optimizer.lr=0.1 optimizer=sgd     3  -                90.00 +- 1.00" in printed
 
 
+def test_the_error_figure_draws_training_and_val_error_in_percent(hand_made, tmp_path):
+    """He et al.'s Fig. 6: 100 (1 - train_acc) solid, 100 (1 - val_acc) dashed, seeds pooled."""
+    for job in hand_made.iterdir():
+        seed = int(job.name.rsplit("=", 1)[1])
+        rows = [json.loads(line) for line in (job / "metrics.jsonl").read_text().splitlines()]
+        (job / "metrics.jsonl").write_text("".join(
+            json.dumps({**r, "train_acc": 0.5 + 0.1 * r["epoch"] + 0.01 * seed} if "train_loss" in r else r) + "\n"
+            for r in rows))
+    sgd = group_runs(read_runs(hand_made))[0]
+    train, val = plot_error([sgd], "std").axes[0].lines
+    assert train.get_linestyle() == "-" and val.get_linestyle() == "--"
+    assert np.allclose(train.get_ydata(), [39, 29, 19])  # 100 (0.5 - 0.1 e - 0.01 mean seed), seeds 0, 1, 2
+    assert np.allclose(val.get_ydata(), [18, 13, 8 + 10 / 3])  # 100 (1 - 0.92 + 0.1 / e), best val 0.92 on average
+    assert train.get_label() == "optimizer.lr=0.1 optimizer=sgd (n=3) train: 19.0%"
+    assert "error.png" in {p.name for p in compare(hand_made, tmp_path / "out").paths}
+
+
 def test_an_unknown_band_is_a_one_line_error(hand_made, tmp_path):
     with pytest.raises(ConfigError, match="band='sem' is invalid: allowed std or ci95"):
         compare(hand_made, tmp_path, band="sem")
@@ -152,7 +169,7 @@ def test_runs_are_read_with_labels_lrs_seeds_and_gradient_norms(sweep):
 def test_compare_writes_every_figure(sweep, tmp_path):
     out = compare(sweep, tmp_path)
     names = {p.name for p in out.paths}
-    assert names == {"train_loss.png", "val_accuracy.png", "grad_norm.png", "final_accuracy.png",
+    assert names == {"train_loss.png", "val_accuracy.png", "error.png", "grad_norm.png", "final_accuracy.png",
                      "lr_sensitivity.png", "comparison.csv"}
     assert all(p.stat().st_size > 10_000 for p in out.paths if p.suffix == ".png")
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
