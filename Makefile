@@ -17,8 +17,8 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 train: setup  ## the default job: an MLP on MNIST (make train ARGS="model=cnn trainer.epochs=3")
 	DATA_ROOT=$(DATA_ROOT) $(VENV)/bin/python train.py $(ARGS)
 
-test: setup  ## the fast suite (slow tests excluded)
-	DATA_ROOT=$(DATA_ROOT) $(VENV)/bin/python -m pytest $(ARGS)
+test: setup  ## the fast suite (slow tests excluded), one worker per core, each test module on one worker
+	DATA_ROOT=$(DATA_ROOT) $(VENV)/bin/python -m pytest -n auto --dist loadscope $(ARGS)
 
 test-slow: setup  ## real-data runs: minutes each
 	DATA_ROOT=$(DATA_ROOT) $(VENV)/bin/python -m pytest -m slow $(ARGS)

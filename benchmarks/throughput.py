@@ -46,6 +46,7 @@ import optimizers  # noqa: E402
 from cli.compose import build_trainer  # noqa: E402
 from data import batches_forever  # noqa: E402
 from training.precision import DTYPES  # noqa: E402
+from utils.memory import keep_freed_memory  # noqa: E402
 
 DEFAULT_CASES = ("model=mlp", "model=resnet20", "model=resnet56")
 VARIANTS = ("usual", "bare", "trainer")
@@ -196,6 +197,7 @@ def main() -> None:
     parser.add_argument("--ref-workers", type=int, default=0, help="DataLoader workers of the usual recipe")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as train.py does (utils/memory.py)
     peaks = {"bf16": matmul_gflops(torch.bfloat16), "fp32": matmul_gflops(torch.float32)}
     print(f"{args.threads} threads, {args.rounds} rounds x {args.steps} steps per variant, usual recipe with "
           f"{args.ref_workers} DataLoader workers; matmul peak bf16 {peaks['bf16']:.0f} GFLOP/s, "

@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 from cli.errors import exit_cleanly, exit_on_user_error
 from cli.validate import check_run_dir_overrides, validate
 from training.distributed import hydra_argv
+from utils.memory import keep_freed_memory
 
 CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
 
@@ -45,8 +46,10 @@ def command(config_name: str, *, validate_config: bool = True,
 
 
 def run(main: Callable[[], object]) -> None:
-    """Start a ``command``: Hydra's errors in one line (exit 2), SIGINT/SIGTERM outside the job exit 128+signal."""
+    """Start a ``command``: Hydra's errors in one line (exit 2), SIGINT/SIGTERM outside the job exit 128+signal;
+    freed host memory kept for reuse (utils/memory.py)."""
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors instead of printing them: one line instead
+    keep_freed_memory()
     with exit_cleanly():
         check_run_dir_overrides(sys.argv[1:])
         sys.argv = hydra_argv(sys.argv)  # under torchrun: Hydra writes for rank 0 only; no sweeps

@@ -5,6 +5,7 @@ uncommitted changes), the library versions and the machine, so a result can be t
 (``python -m analysis.publish`` copies them into the ``results/`` ledger). Appended, never rewritten: a run resumed
 on another machine or at another commit shows every one.
 """
+import importlib.metadata
 import json
 import os
 import platform
@@ -15,7 +16,6 @@ import time
 from pathlib import Path
 
 import torch
-import torchvision
 
 LAUNCHES = "launches.jsonl"
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +52,7 @@ def machine() -> dict:
             "memory_gib": round(pages * page_size / 2**30, 1),
             "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
             "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-            "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__}
+            "python": platform.python_version(), "torch": torch.__version__, "torchvision": importlib.metadata.version("torchvision")}
 
 
 def record_launch(run_dir: Path, argv: list[str] | None = None) -> dict:

@@ -2,15 +2,15 @@
 
 A file that is there but broken (a truncated or foreign idx file, an image that does not decode or has
 another size) is a DataError naming the file and what is wrong with it.
+
+torchvision is imported when a dataset loads, not with this module: its import pulls in torch._dynamo (seconds),
+which a run stopped by a config error, ``--help`` or an analysis tool never needs.
 """
 import math
 import struct
 from pathlib import Path
 
 import torch
-import torchvision
-from torchvision.datasets.folder import find_classes
-from torchvision.io import ImageReadMode, decode_image, read_file
 
 from utils.errors import ConfigError, UserError
 from utils.progress import progress_bar
@@ -50,7 +50,10 @@ def check_idx_file(path: Path, ndim: int) -> None:
                         f"replace it with the original file")
 
 
-def _torchvision(cls, name: str, root: str, train: bool, download: bool):
+def _torchvision(dataset: str, name: str, root: str, train: bool, download: bool):
+    """torchvision.datasets.<dataset> read from ``root``, with a not-found message naming where it looked."""
+    import torchvision
+    cls = getattr(torchvision.datasets, dataset)
     if issubclass(cls, torchvision.datasets.MNIST):  # FashionMNIST too: same files, another folder
         raw = Path(root) / cls.__name__ / "raw"
         prefix = "train" if train else "t10k"
@@ -71,17 +74,17 @@ def _torchvision(cls, name: str, root: str, train: bool, download: bool):
 
 
 def load_mnist(root: str, train: bool, download: bool = False):
-    ds = _torchvision(torchvision.datasets.MNIST, "MNIST", root, train, download)
+    ds = _torchvision("MNIST", "MNIST", root, train, download)
     return ds.data.unsqueeze(1).contiguous(), ds.targets.long()
 
 
 def load_fashion_mnist(root: str, train: bool, download: bool = False):
-    ds = _torchvision(torchvision.datasets.FashionMNIST, "FashionMNIST", root, train, download)
+    ds = _torchvision("FashionMNIST", "FashionMNIST", root, train, download)
     return ds.data.unsqueeze(1).contiguous(), ds.targets.long()
 
 
 def load_cifar10(root: str, train: bool, download: bool = False):
-    ds = _torchvision(torchvision.datasets.CIFAR10, "CIFAR-10", root, train, download)
+    ds = _torchvision("CIFAR10", "CIFAR-10", root, train, download)
     images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # (N, 32, 32, 3) -> (N, 3, 32, 32)
     return images, torch.tensor(ds.targets, dtype=torch.long)
 
@@ -97,8 +100,9 @@ def load_image_folder(root: str, train: bool, download: bool = False, progress: 
             f"image folder not found: no {split.name}/ under data.root={root!r} ({split.resolve()}); set "
             f"data.root=<folder holding train/<class>/*.jpg and test/<class>/*.jpg>, or export DATA_ROOT=<folder> "
             f"(data=cifar10_folder reads $DATA_ROOT/cifar10-jpeg75; without it ../shared/data/cifar10-jpeg75)")
+    from torchvision.datasets import ImageFolder
     check_same_classes(Path(root))
-    samples = torchvision.datasets.ImageFolder(str(split)).samples  # [(path, class_index)], sorted
+    samples = ImageFolder(str(split)).samples  # [(path, class_index)], sorted
     images = [_decode(path) for path, _ in progress_bar(samples, desc=f"decoding {split.name}/", enabled=progress)]
     for image, (path, _) in zip(images, samples):
         if image.shape != images[0].shape:
@@ -112,6 +116,7 @@ def check_same_classes(root: Path) -> None:
     missing from one split would shift every label after it."""
     if not (root / "test").is_dir():
         return  # reported as not found when the test split loads
+    from torchvision.datasets.folder import find_classes
     train, test = (set(find_classes(str(root / split))[0]) for split in ("train", "test"))
     if train != test:
         only = [f"only in {name}/: {', '.join(sorted(names))}" for name, names in
@@ -121,6 +126,7 @@ def check_same_classes(root: Path) -> None:
 
 
 def _decode(path: str) -> torch.Tensor:
+    from torchvision.io import ImageReadMode, decode_image, read_file
     try:
         return decode_image(read_file(path), mode=ImageReadMode.RGB)
     except RuntimeError as e:

@@ -12,7 +12,11 @@ CONFIG_DIR = str(REPO / "configs")
 DATA_ROOT = Path(os.environ.get("DATA_ROOT", REPO.parent / "shared" / "data")).resolve()
 CIFAR_FOLDER = DATA_ROOT / "cifar10-jpeg75"
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# Each pytest-xdist worker (make test: one per core) takes its share of the cores, and so does every train.py a test
+# starts (OMP_NUM_THREADS): two workers on two cores each computing on two threads would slow both.
+THREADS = max(1, min(2, torch.get_num_threads()) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+torch.set_num_threads(THREADS)
+os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 
 TEST_DEVICE = os.environ.get("TEST_DEVICE", "cpu")
 TINY = [f"trainer.device={TEST_DEVICE}", "trainer.progress_bar=false", "trainer.epochs=1", "data.train_subset=512",

@@ -6,12 +6,17 @@ numbers the new jobs after the old ones, so no job directory is written twice, a
 plus the number of trials so far (reseeded alike, it would propose the first run's points again):
 ``python train.py -m hparams_search=optuna hydra.sweeper.n_trials=30`` after a 20-trial run adds 10 trials.
 """
-from pathlib import Path
+from __future__ import annotations
 
-import optuna
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 from hydra.utils import instantiate
-from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
+
+if TYPE_CHECKING:  # Hydra imports every plugin module at each start-up: optuna (seconds) only once a sweep runs
+    import optuna
+    from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
 
 
 class ContinuingOptunaSweeper(OptunaSweeper):
@@ -33,6 +38,7 @@ class ContinuingOptunaSweeper(OptunaSweeper):
 
 def stored_trials(storage: str | None, study_name: str | None) -> list[optuna.trial.FrozenTrial]:
     """The stored study's trials (none without storage or study)."""
+    import optuna
     if storage is None or study_name not in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
         return []
     return optuna.load_study(study_name=study_name, storage=storage).trials
