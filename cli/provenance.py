@@ -52,7 +52,8 @@ def machine() -> dict:
             "memory_gib": round(pages * page_size / 2**30, 1),
             "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
             "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-            "python": platform.python_version(), "torch": torch.__version__, "torchvision": importlib.metadata.version("torchvision")}
+            "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": importlib.metadata.version("torchvision")}
 
 
 def record_launch(run_dir: Path, argv: list[str] | None = None) -> dict:
