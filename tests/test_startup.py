@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import DATA_ROOT, REPO
+from conftest import REPO, TINY
 
 HEAVY = ("optuna", "torchvision", "torch._dynamo")
 # train.py in this process, then, at exit, which of HEAVY it imported
@@ -27,6 +27,5 @@ def test_a_config_error_answers_before_any_heavy_import():
 
 @pytest.mark.needs_data
 def test_a_run_imports_torchvision_for_its_data_but_not_optuna(tmp_path):
-    assert imported("trainer.max_steps=1", "trainer.sanity=skip", "trainer.progress_bar=false",
-                    "data.train_subset=256", "data.val_subset=128", "data.test_subset=128", f"data.root={DATA_ROOT}",
-                    f"hydra.run.dir={tmp_path / 'run'}") == (0, ["torchvision", "torch._dynamo"])
+    assert imported(*TINY, "trainer.max_steps=1", f"hydra.run.dir={tmp_path / 'run'}") == (0, ["torchvision",
+                                                                                             "torch._dynamo"])
