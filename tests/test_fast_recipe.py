@@ -1,10 +1,14 @@
-"""experiment=cifar10_fast: the airbench net, its whitening init, flip test-time augmentation, the recipe."""
+"""experiment=cifar10_fast and cifar10_94: the airbench net, its whitening init, test-time augmentation, the recipes."""
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
-from conftest import CIFAR_FOLDER
+from conftest import CIFAR_FOLDER, CONFIG_DIR, compose_cfg
 from cli.compose import build_trainer, train
 from models.airbench import AirbenchNet, ShiftBatchNorm
 
@@ -120,14 +124,16 @@ def test_dirac_and_data_whitening_can_be_switched_off():
     assert plain.frozen_parameters == () and default.frozen_parameters == ("whiten.weight",)
 
 
-def test_airbench94_recipe_adds_alternating_flips_and_lookahead_to_the_fast_one(cfg):
-    fast, c = cfg("experiment=cifar10_fast"), cfg("experiment=cifar10_94")
+def test_fast_recipe_is_airbench94_cut_to_9_epochs():
+    fast, c = (compose_cfg(f"experiment={name}", tiny=False) for name in ("cifar10_fast", "cifar10_94"))
     assert (fast.data.val_split, fast.trainer.val_every_n_epochs) == (0, fast.trainer.epochs)  # all 50k train
-    assert (c.data.flip, c.data.pad_mode, c.data.val_split, c.trainer.max_steps) == ("alternating", "reflect", 0,
-                                                                                    476)  # ceil(9.9 x 48)
-    assert dict(c.trainer.ema) == {"decay": pytest.approx(0.95 ** 5, abs=1e-5), "every": 5, "warmup": "cubic",
-                                   "lookahead": True}
-    assert c.optimizer == fast.optimizer and c.scheduler == fast.scheduler and c.model == fast.model
+    assert (fast.data.flip, fast.data.pad_mode, fast.trainer.epochs, fast.trainer.max_steps) == ("alternating",
+                                                                                              "reflect", 9, None)
+    assert dict(fast.trainer.ema) == {"decay": pytest.approx(0.95 ** 5, abs=1e-5), "every": 5, "warmup": "cubic",
+                                      "lookahead": True}
+    assert (c.trainer.epochs, c.trainer.max_steps) == (10, 476)  # airbench94's ceil(9.9 x 48)
+    fast.trainer.epochs, fast.trainer.max_steps = c.trainer.epochs, c.trainer.max_steps
+    assert c == fast  # the length is the only difference
 
 
 @pytest.mark.needs_data
@@ -142,3 +148,47 @@ def test_airbench94_recipe_ends_on_its_ema_weights(cfg, tmp_path):
     for fast, slow in zip(trainer.model.state_dict().values(), trainer.ema.module.state_dict().values()):
         assert torch.equal(fast, slow)
     assert summary["test_acc"] > 0.5 and "test_acc_ema" not in summary
+
+
+def leaves(config) -> dict:
+    """Every leaf of a config as dotted key -> value (interpolations resolved)."""
+    flat = {}
+
+    def walk(node, prefix):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                flat[prefix + key] = value
+    walk(OmegaConf.to_container(config, resolve=True), "")
+    return flat
+
+
+ABLATIONS = {"random_flip": {"data.flip": True}, "zeros_padding": {"data.pad_mode": "zeros"},
+             "no_lookahead": {"trainer.ema.decay": None, "trainer.ema.lookahead": False},
+             "bn_momentum_torch": {"model.bn_momentum": 0.1}, "no_bias_scale": {"model.bias_scale": 1.0},
+             "no_whiten_from_data": {"model.whiten_from_data": False}, "no_dirac": {"model.dirac": False},
+             "no_label_smoothing": {"trainer.label_smoothing": 0.0}, "no_logit_scale": {"model.logit_scale": 1.0}}
+
+
+def test_each_ablation_takes_out_one_part_of_the_fast_recipe():
+    recipe = leaves(compose_cfg("experiment=cifar10_fast", "ablation=none", tiny=False))
+    assert recipe == leaves(compose_cfg("experiment=cifar10_fast", tiny=False))
+    for name, changed in ABLATIONS.items():
+        arm = leaves(compose_cfg("experiment=cifar10_fast", f"ablation={name}", tiny=False))
+        assert {k: v for k, v in arm.items() if recipe[k] != v} == changed, name
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        sweep = compose("train", ["experiment=cifar10_ablation"], return_hydra_config=True).hydra.sweeper.params
+    shipped = {p.stem for p in (Path(CONFIG_DIR) / "ablation").glob("*.yaml")}
+    assert set(sweep.ablation.split(",")) == {"none", *ABLATIONS} == shipped
+    assert sweep["trainer.seed"] == "0,1"
+
+
+@pytest.mark.needs_data
+def test_ablation_arms_reach_the_built_model_and_data(tmp_path):
+    def built(*overrides):
+        return build_trainer(compose_cfg("experiment=cifar10_fast", "data=mnist", "data.train_subset=512",
+                                         "logger=none", *overrides), tmp_path)
+    recipe, unwhitened, random_flip = built(), built("ablation=no_whiten_from_data"), built("ablation=random_flip")
+    assert not recipe.model.whiten.weight.requires_grad and unwhitened.model.whiten.weight.requires_grad
+    assert (recipe.data.train.flip, random_flip.data.train.flip) == ("alternating", True)
