@@ -197,7 +197,7 @@ def hparams(cfg: DictConfig) -> dict:
             from cli.report import swept_keys
             swept = swept_keys(HydraConfig.get().sweep.dir)
     settings = {f"{group}.{k}": v for group in ("model", "optimizer", "scheduler")
-                for k, v in _flat(OmegaConf.to_container(cfg[group], resolve=True)).items() if not k.startswith("_")}
+                for k, v in flatten(OmegaConf.to_container(cfg[group], resolve=True)).items() if not k.startswith("_")}
     settings.update({"data.batch_size": cfg.data.batch_size, "trainer.epochs": cfg.trainer.epochs,
                      "trainer.precision": cfg.trainer.precision, "trainer.clip.mode": cfg.trainer.clip.mode,
                      "trainer.clip.max": cfg.trainer.clip.max, "trainer.seed": cfg.trainer.seed})
@@ -207,12 +207,12 @@ def hparams(cfg: DictConfig) -> dict:
             **{k: v for k, v in settings.items() if k not in overrides}}
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
+def flatten(tree: dict, prefix: str = "") -> dict:
     """{"base": {"lr": 0.1}} -> {"base.lr": 0.1}"""
     flat = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat

@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from conftest import CIFAR_FOLDER, CONFIG_DIR, compose_cfg
-from cli.compose import build_trainer, train
+from cli.compose import build_trainer, flatten, train
 from models.airbench import AirbenchNet, ShiftBatchNorm
 
 
@@ -152,16 +152,7 @@ def test_airbench94_recipe_ends_on_its_ema_weights(cfg, tmp_path):
 
 def leaves(config) -> dict:
     """Every leaf of a config as dotted key -> value (interpolations resolved)."""
-    flat = {}
-
-    def walk(node, prefix):
-        for key, value in node.items():
-            if isinstance(value, dict):
-                walk(value, f"{prefix}{key}.")
-            else:
-                flat[prefix + key] = value
-    walk(OmegaConf.to_container(config, resolve=True), "")
-    return flat
+    return flatten(OmegaConf.to_container(config, resolve=True))
 
 
 ABLATIONS = {"random_flip": {"data.flip": True}, "zeros_padding": {"data.pad_mode": "zeros"},
