@@ -18,16 +18,19 @@ Each case is a list of Hydra overrides on the real default config with ``data=ci
 Ratios are the median over rounds of each round's ratio (a round's runs are adjacent, so a ratio suffers less
 from other load on the machine than the absolute numbers). GFLOP/s counts the model's forward FLOPs
 (``FlopCounterMode``: convolutions and matrix products) x 3 for forward and backward; % peak compares it with a
-2048^3 matrix product measured here in the precision the run computes in (bf16 or fp32).
+2048^3 matrix product measured here in the precision the run computes in (bf16 or fp32), measured once and only when
+a case needs it (a CPU without bf16 instructions emulates a bf16 product, which takes minutes at that size).
 """
 import argparse
 import copy
 import dataclasses
+import functools
 import itertools
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -50,8 +53,10 @@ from utils.memory import keep_freed_memory  # noqa: E402
 
 DEFAULT_CASES = ("model=mlp", "model=resnet20", "model=resnet56")
 VARIANTS = ("usual", "bare", "trainer")
+MATMUL_DTYPES = {"fp32": torch.float32, **DTYPES}
 
 
+@functools.cache
 def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
     """Best-of-3 rate of an n x n matrix product in ``dtype``: the machine's practical peak."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
@@ -142,10 +147,12 @@ def compose_case(overrides: list[str]):
         return compose("train", overrides=overrides)
 
 
-def benchmark(case: str, data: list[str], *, steps: int, rounds: int, workers: int, peaks: dict[str, float]) -> dict:
+def benchmark(case: str, data: list[str], *, steps: int, rounds: int, workers: int,
+              peak: Callable[[str], float]) -> dict:
     """Images/s of each variant (median over rounds), ratios (median of per-round ratios), GFLOP/s, % peak.
 
-    ``case``: space-separated overrides; ``data``: the overrides choosing the data (before the case's).
+    ``case``: space-separated overrides; ``data``: the overrides choosing the data (before the case's); ``peak``:
+    the matmul GFLOP/s of a precision (``"bf16"``, ``"fp32"``).
     """
     cfg = compose_case(["trainer.sanity=skip", "trainer.progress_bar=false", "trainer.device=cpu", *data,
                         *case.split()])
@@ -166,9 +173,10 @@ def benchmark(case: str, data: list[str], *, steps: int, rounds: int, workers: i
               "batch_size": trainer.data.train.batch_size, "train_gflop_per_image": flops / 1e9}
     for name in VARIANTS:
         images_per_sec = statistics.median(rates[name])
-        peak = peaks["fp32" if name == "usual" or trainer.precision.mode == "fp32" else "bf16"]
+        computes_in = "fp32" if name == "usual" else trainer.precision.mode
         result[name] = {"images_per_sec": images_per_sec, "gflops": images_per_sec * flops / 1e9,
-                        "pct_peak": 100 * images_per_sec * flops / 1e9 / peak}
+                        "pct_peak": 100 * images_per_sec * flops / 1e9 / peak(computes_in), "peak_of": computes_in}
+    result["matmul_gflops"] = {result[name]["peak_of"]: peak(result[name]["peak_of"]) for name in VARIANTS}
     result["trainer_vs_usual"] = statistics.median(t / u for t, u in zip(rates["trainer"], rates["usual"]))
     result["trainer_vs_bare"] = statistics.median(t / b for t, b in zip(rates["trainer"], rates["bare"]))
     result["bare_vs_usual"] = statistics.median(b / u for b, u in zip(rates["bare"], rates["usual"]))
@@ -198,18 +206,17 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     keep_freed_memory()  # as train.py does (utils/memory.py)
-    peaks = {"bf16": matmul_gflops(torch.bfloat16), "fp32": matmul_gflops(torch.float32)}
     print(f"{args.threads} threads, {args.rounds} rounds x {args.steps} steps per variant, usual recipe with "
-          f"{args.ref_workers} DataLoader workers; matmul peak bf16 {peaks['bf16']:.0f} GFLOP/s, "
-          f"fp32 {peaks['fp32']:.0f} GFLOP/s")
+          f"{args.ref_workers} DataLoader workers", flush=True)
     results = []
     data = ["data=cifar10_folder", f"data.root={args.data_root}"]
     for case in args.case or DEFAULT_CASES:
         results.append(benchmark(case, data, steps=args.steps, rounds=args.rounds, workers=args.ref_workers,
-                                 peaks=peaks))
+                                 peak=lambda precision: matmul_gflops(MATMUL_DTYPES[precision])))
         r = results[-1]
-        print(f"{r['case']}: {r['precision']}, batch {r['batch_size']}, "
-              f"{r['train_gflop_per_image']:.3f} GFLOP per training image", flush=True)
+        peaks = ", ".join(f"{p} {gflops:.0f}" for p, gflops in r["matmul_gflops"].items())
+        print(f"{r['case']}: {r['precision']}, batch {r['batch_size']}, {r['train_gflop_per_image']:.3f} GFLOP per "
+              f"training image; matmul peak GFLOP/s: {peaks}", flush=True)
     print(table(results))
 
 
